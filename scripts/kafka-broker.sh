@@ -122,9 +122,17 @@ for s in socks:
 }
 
 # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding; generating
-# it here saves a JVM start (`kafka-storage random-uuid`).
+# it here saves a JVM start (`kafka-storage random-uuid`). Like Kafka's own generator,
+# reject ids that start with "-": the format tool would parse them as an option.
 random_cluster_id() {
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+    local id
+    while true; do
+        id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+        if [[ $id != -* ]]; then
+            echo "$id"
+            return
+        fi
+    done
 }
 
 java_opts=(
