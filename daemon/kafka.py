@@ -63,7 +63,6 @@ class EdgeMetrics(Protocol):
     """Callbacks the edge reports through; `daemon.app` binds them to `daemon.metrics`."""
 
     def consumer_lag(self, topic: str, partition: int, lag: int | None) -> None: ...
-    def assigned_partitions(self, count: int) -> None: ...
     def capture_to_event(self, seconds: float) -> None: ...
 
 
@@ -331,7 +330,6 @@ class KafkaEdge:
         async with self._lock:
             self._assigned = frozenset()
             self.has_assignment.clear()
-            self._metrics.assigned_partitions(0)
             if not partitions:
                 return
             offsets = await self._engine.release(partitions)
@@ -345,7 +343,6 @@ class KafkaEdge:
         async with self._lock:
             await self._engine.assign(partitions)
             self._assigned = partitions
-            self._metrics.assigned_partitions(len(partitions))
             self.has_assignment.set()
         log.info("partitions assigned: %s", _describe(partitions))
 
