@@ -183,7 +183,7 @@ def dead_letter(record: InboundRecord, error: DecodeError, topic: str) -> Outbou
     plus headers saying why and where it came from."""
     headers = record.headers + (
         ("error_reason", error.reason.encode("utf-8")),
-        ("error_detail", error.detail.encode("utf-8", errors="replace")[:1024]),
+        ("error_detail", error.detail[:512].encode("utf-8", errors="replace")),
         ("source_topic", record.topic.encode("utf-8")),
         ("source_partition", str(record.partition).encode("ascii")),
         ("source_offset", str(record.offset).encode("ascii")),
