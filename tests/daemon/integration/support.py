@@ -372,6 +372,20 @@ class DaemonProcess:
             for s in family.samples
         }
 
+    async def wait_sample(self, name: str, labels: Mapping[str, str],
+                          ok: Callable[[float], bool], timeout_s: float = 60.0) -> float:
+        """Scrape /metrics until sample `name{labels}` (0 while absent) satisfies `ok`."""
+        key = (name, tuple(sorted(labels.items())))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = (await self.metrics()).get(key, 0.0)
+            if ok(value):
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}{dict(labels)} = {value} after {timeout_s:.0f} s:\n"
+                                     f"{self.log()}")
+            await asyncio.sleep(0.02)
+
     def kill(self) -> None:
         """SIGKILL: no drain, no snapshot, no commit."""
         assert self._proc is not None
