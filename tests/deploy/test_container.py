@@ -298,6 +298,16 @@ def test_compose_padimd_matches_the_image_and_settings(monkeypatch: pytest.Monke
     assert host == "kafka" and f"PLAINTEXT://kafka:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
 
 
+def test_compose_padimd_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    image_settings(monkeypatch)  # clears PADIMD_* from the environment
+    env = compose()["services"]["padimd"]["environment"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(IMAGE_CONFIG)
+    assert settings.kafka.bootstrap_servers == env["PADIMD_KAFKA__BOOTSTRAP_SERVERS"]
+    assert settings.kafka.group_instance_id == env["PADIMD_KAFKA__GROUP_INSTANCE_ID"]
+
+
 def test_compose_topics_are_the_ones_padimd_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = image_settings(monkeypatch)
     script = "\n".join(compose()["services"]["kafka-init"]["command"])

@@ -134,6 +134,18 @@ def test_static_membership_id_is_the_pod_name() -> None:
     assert resources()["StatefulSet"]["spec"]["podManagementPolicy"] == "Parallel"
 
 
+def test_container_env_names_are_settings_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt PADIMD_* name would only be rejected when the pod starts."""
+    k8s_settings(monkeypatch)  # clears PADIMD_* from the environment
+    names = [e["name"] for e in container()["env"]]
+    assert names and all(n.startswith("PADIMD_") for n in names)
+    for name in names:
+        monkeypatch.setenv(name, "padimd-0")  # what the fieldRef yields in pod padimd-0
+    settings = load_settings(K8S / "config.toml")
+    assert settings.kafka.group_instance_id == "padimd-0"
+    assert settings.kafka.client_id == "padimd-0"
+
+
 def test_ports_match_the_http_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = k8s_settings(monkeypatch)
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
