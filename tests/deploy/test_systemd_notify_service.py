@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.deploy_support import DEPLOY, SETUP_HINT
-from tests.deploy.test_systemd_unit import parse_unit, timespan_s
+from tests.deploy.deploy_support import DEPLOY, SETUP_HINT, parse_unit, timespan_s
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.settings import ShutdownSettings, load_settings
-from tests.deploy.deploy_support import DEPLOY, require_tool
+from tests.deploy.deploy_support import DEPLOY, parse_unit, require_tool, timespan_s
 
 SYSTEMD = DEPLOY / "systemd"
 UNIT = SYSTEMD / "padimd.service"
@@ -21,31 +20,6 @@ EXEC_PATH = "/opt/padimd/bin/padimd"
 # systemd-analyze security scores 0 (locked down) to 10 (unprotected); --threshold
 # takes tenths. 2.0 leaves room only for what padimd needs (network, torch syscalls).
 MAX_EXPOSURE_TENTHS = 20
-
-
-def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
-    """{section: {key: [values in order]}}; keys may repeat in unit files."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None, f"assignment outside a section: {line!r}"
-        key, _, value = line.partition("=")
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
-
-
-def timespan_s(value: str) -> float:
-    units = {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
-    total = 0.0
-    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
-        total += float(number) * units[unit or "s"]
-    return total
 
 
 def service() -> dict[str, list[str]]:
