@@ -88,11 +88,17 @@ def pytest_runtest_makereport(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give every test a timeout of DEFAULT_TIMEOUT_S unless one is configured.
+    """Mark every test that uses the broker ``kafka``; give every test a timeout.
 
-    --timeout, $PYTEST_TIMEOUT, the ini option and a test's own timeout marker all
-    take precedence (--timeout=0 disables it, e.g. for debugging).
+    The marker is added even where a test forgot it, so that ``-m "not kafka"`` and
+    the CI rule above see every broker test. The timeout is DEFAULT_TIMEOUT_S unless
+    --timeout, $PYTEST_TIMEOUT, the ini option or the test's own timeout marker says
+    otherwise (--timeout=0 disables it, e.g. for debugging).
     """
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka"):
+            item.add_marker(pytest.mark.kafka)
+
     if not config.pluginmanager.hasplugin("timeout"):
         raise pytest.UsageError("pytest-timeout is not installed: run scripts/setup.sh")
     configured = (

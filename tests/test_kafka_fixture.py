@@ -186,14 +186,21 @@ def test_ci_turns_skipped_kafka_tests_into_failures(
 
         def test_other_skipped():
             pytest.skip("not a Kafka test")
+
+        # Uses the broker but forgot the marker: the conftest marks it.
+        @pytest.mark.skip(reason="skipped before its fixtures")
+        def test_unmarked_broker_user(kafka_bootstrap):
+            pass
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-rA")
     if ci:
-        result.assert_outcomes(failed=1, skipped=1, xfailed=1)
+        # A skip during setup (the skip marker) turned failure counts as an error.
+        result.assert_outcomes(failed=1, errors=1, skipped=1, xfailed=1)
         result.stdout.fnmatch_lines(["*CI=true and this test is marked 'kafka'*pretend the broker*"])
+        result.stdout.fnmatch_lines(["*CI=true and this test is marked 'kafka'*before its fixtures*"])
     else:
-        result.assert_outcomes(skipped=2, xfailed=1)
+        result.assert_outcomes(skipped=3, xfailed=1)
 
 
 def test_default_timeout_applies_unless_configured(pytester: pytest.Pytester) -> None:
