@@ -28,7 +28,8 @@ RUN set -eu; \
     esac; \
     pip install $index "torch>=2.4" "torchvision>=0.19"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# README.md is only the package's long description: not needed to build or run.
+COPY pyproject.toml ./
 COPY padim ./padim
 COPY daemon ./daemon
 RUN pip install . && padimd --help >/dev/null
