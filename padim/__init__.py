@@ -23,6 +23,7 @@ from padim.images import image_to_tensor, images_to_tensor, load_image, load_ima
 from padim.model import PaDiM
 from padim.postprocess import anomaly_maps, image_scores
 from padim.stats import GaussianStats
+from padim.variants import PaDiMNVP, PaDiMShared, PaDiMSVDD
 
 __all__ = [
     "BACKBONES",
@@ -33,6 +34,9 @@ __all__ = [
     "InputError",
     "NotFittedError",
     "PaDiM",
+    "PaDiMNVP",
+    "PaDiMSVDD",
+    "PaDiMShared",
     "PadimError",
     "PatchModel",
     "PersistError",
