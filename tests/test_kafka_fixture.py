@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.kafka_support import (
     BOOTSTRAP_ENV,
+    BROKER_SCRIPT,
     CHECK_TIMEOUT_ENV,
     TOPIC_MAX_MESSAGE_BYTES,
     BrokerUnavailable,
@@ -127,6 +129,46 @@ def test_topic_factory_makes_topics_as_asked_and_deletes_them(kafka_bootstrap: s
         time.sleep(0.2)
     assert not set(names) & set(run_async(describe()))
     assert factory.created == []
+
+
+def is_broker_process(pid: int) -> bool:
+    try:  # a zombie's cmdline is empty, so it does not count
+        return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_broker_script_start_status_stop(tmp_path: Path) -> None:
+    """scripts/kafka-broker.sh as scripts/test.sh and developers use it."""
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(BROKER_SCRIPT), *args, "--dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+
+    assert script("status").returncode == 3
+    started = script("start")
+    assert started.returncode == 0, started.stderr
+    bootstrap = started.stdout.strip()
+    try:
+        assert (tmp_path / "bootstrap").read_text().strip() == bootstrap
+        pid = int((tmp_path / "broker.pid").read_text())
+        assert is_broker_process(pid)
+        assert check_bootstrap(bootstrap, timeout_s=10) == [1]
+        status = script("status")
+        assert (status.returncode, status.stdout.strip()) == (0, bootstrap)
+        again = script("start")  # already running: same broker, not a second one
+        assert (again.returncode, again.stdout.strip()) == (0, bootstrap)
+    finally:
+        stopped = script("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (tmp_path / "broker.pid").exists() and not (tmp_path / "bootstrap").exists()
+    assert not is_broker_process(pid)
+    assert script("status").returncode == 3
+    assert "Kafka Server started" in (tmp_path / "broker.log").read_text()
 
 
 def test_bootstrap_check_fails_loudly_for_a_dead_address() -> None:
