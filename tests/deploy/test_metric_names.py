@@ -186,3 +186,15 @@ def test_camera_panels_filter_by_the_camera_variable() -> None:
 def test_dashboard_shows(what: str, pattern: str) -> None:
     exprs = [expr for _, expr in _dashboard_exprs()]
     assert any(re.search(pattern, e) for e in exprs), f"no panel shows {what}"
+
+
+def test_prose_and_annotations_name_only_real_metrics() -> None:
+    """Alert descriptions and docs/deploy.md send operators to metrics: those must exist
+    too (a histogram may be named by its base name in prose)."""
+    known = exposed_series_names() | set(contract_metrics())
+    recorded = re.compile(r"[a-z_]+:padimd_[a-z0-9_]+:[a-z0-9_]+")
+    texts = {path: path.read_text() for path in DEPLOY.rglob("*") if path.is_file()}
+    texts[DEPLOY.parent / "docs" / "deploy.md"] = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    for path, text in texts.items():
+        names = set(re.findall(r"\bpadimd_[a-z0-9_]+", recorded.sub(" ", text)))
+        assert names - known == set(), path
