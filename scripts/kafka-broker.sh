@@ -159,7 +159,9 @@ start_once() {
         rm -rf "$data"
     fi
 
-    read -r broker_port controller_port < <(free_ports)
+    local ports
+    ports=$(free_ports) || die "could not pick free ports with python3"
+    read -r broker_port controller_port <<<"$ports"
     sed -e "s|@BROKER_PORT@|$broker_port|g" \
         -e "s|@CONTROLLER_PORT@|$controller_port|g" \
         -e "s|@LOG_DIRS@|$data|g" \
