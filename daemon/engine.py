@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from padim import FeatureExtractor, PaDiM
+from padim import FeatureExtractor, PaDiM, PadimError
 
-from daemon.control import ack_message, apply_command, error_ack, parse_command, ControlError
+from daemon.control import ControlError, ack_message, apply_command, error_ack, parse_command
 from daemon.core import NEW_CAMERA, Action, CameraView, Decision, after, route
 from daemon.events import build_event, dead_letter, event_message
 from daemon.frames import DecodeError, Frame, FrameDecoder
@@ -128,8 +128,13 @@ class Engine:
         if result.restored is None:
             return
         meta = result.restored.meta
+        model = result.restored.model
+        # epsilon and half_life are not part of the features' identity: the configured
+        # values apply to restored models too, so changing them needs no relearning.
+        model.epsilon = self._settings.model.epsilon
+        model.half_life = self._settings.model.half_life
         state = CameraState(
-            key=key, model=result.restored.model,
+            key=key, model=model,
             threshold=self._registry.new_threshold(
                 key.camera, override=meta.threshold_override, scores=meta.normal_scores),
             frames_learned=meta.frames_learned, frozen=meta.frozen,
@@ -281,7 +286,15 @@ class Engine:
         for key, items in by_camera.items():
             state = self._registry.get_or_create(key)
             for run in _runs(items):
-                out.extend(self._run_camera(state, run, embeddings))
+                try:
+                    out.extend(self._run_camera(state, run, embeddings))
+                except PadimError:
+                    # A numerical failure of one camera's model (e.g. a covariance that
+                    # cannot be factorised) must not stop the other cameras or the
+                    # service; these frames are neither learned nor scored.
+                    log.exception("camera %r: model failed on offsets %d..%d of %s/%d",
+                                  key.camera, run[0].frame.offset, run[-1].frame.offset,
+                                  key.source.topic, key.source.partition)
             self._update_gauges(state)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(planned))

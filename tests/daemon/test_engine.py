@@ -292,3 +292,25 @@ async def test_bad_control_records_get_error_acks(make_engine: EngineFactory,
     assert json.loads(garbage.value)["reason"] == "invalid_command"
     assert sample(metrics, "padimd_control_commands_total", command="reset", result="error") == 1
     assert sample(metrics, "padimd_control_commands_total", command="invalid", result="error") == 1
+
+
+async def test_model_failure_of_one_camera_spares_the_others(
+    make_engine: EngineFactory, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from padim import NotFittedError, PaDiM
+
+    real = PaDiM.train_embeddings
+    calls = {"n": 0}
+
+    def fail_first(self: PaDiM, embeddings: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise NotFittedError("simulated numerical failure")
+        real(self, embeddings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PaDiM, "train_embeddings", fail_first)
+    engine = make_engine()
+    await engine.assign([P0])
+    await engine.process(normal_records(0, 2, camera=b"cam-a") + normal_records(2, 2, camera=b"cam-b"))
+    assert sample(metrics, "padimd_frames_learned_total", camera="cam-a") == 0
+    assert sample(metrics, "padimd_frames_learned_total", camera="cam-b") == 2
