@@ -26,6 +26,9 @@ from tqdm import tqdm
 
 import padim
 import padim.images
+from padim.backbones import WEIGHTS_IMAGENET, WEIGHTS_NONE
+# Importing the variants also registers them, so load_model reads their files.
+from padim.variants import PaDiMNVP, PaDiMShared, PaDiMSVDD
 from daemon.cli import CliError
 from daemon.overlay import render_overlay
 
@@ -34,8 +37,10 @@ from daemon.overlay import render_overlay
 IMAGE_SUFFIXES = padim.images.IMAGE_SUFFIXES
 HEATMAP_SUFFIX = ".heatmap.png"
 
-# `--variant` name -> the padim class that implements it (all take the same keywords).
-VARIANT_CLASSES = {"padim": "PaDiM", "shared": "PaDiMShared", "svdd": "PaDiMSVDD", "nvp": "PaDiMNVP"}
+# `--variant` name -> the class that implements it (all take the same keywords).
+VARIANT_CLASSES: dict[str, type[padim.PatchModel]] = {
+    "padim": padim.PaDiM, "shared": PaDiMShared, "svdd": PaDiMSVDD, "nvp": PaDiMNVP,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +134,7 @@ def _load_batch(
 def _new_model(options: Mapping[str, Any], defaults: Mapping[str, Any], device: str) -> Any:
     """A fresh model of the chosen variant, unset options taking their defaults."""
     chosen = {key: defaults[key] if value is None else value for key, value in options.items()}
-    variant = chosen.pop("variant")
-    model_class = getattr(padim, VARIANT_CLASSES[variant], None)
-    if model_class is None:
-        raise CliError(f"variant {variant!r} is not available in padim {padim.__version__}")
-    return model_class(device=device, **chosen)
+    return VARIANT_CLASSES[chosen.pop("variant")](device=device, **chosen)
 
 
 def _resume_model(out: Path, options: Mapping[str, Any], device: str) -> Any:
@@ -159,6 +160,14 @@ def _same_setting(key: str, value: Any, saved: Mapping[str, Any]) -> bool:
         # The file records the weights' identity, not the words on the command line.
         return str(value) == saved.get("weights") or str(value) == saved.get("weights_id")
     return value == saved[key]
+
+
+def _weights_option(weights: str | None) -> str | None:
+    """A weights file as an absolute path: the model records it and reloads from it later,
+    possibly from another working directory. The keywords pass through unchanged."""
+    if weights is None or weights in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
+        return weights
+    return str(Path(weights).expanduser().resolve())
 
 
 def _show(value: Any) -> str:
@@ -196,6 +205,7 @@ def fit(
     if not sources:
         raise CliError(f"no images ({_suffix_list()}) found under {images_dir}")
 
+    options = {**options, "weights": _weights_option(options["weights"])}
     model = _resume_model(out, options, device) if resume else _new_model(options, defaults, device)
     size = model.size
     learned_before = model.num_trained
@@ -275,8 +285,9 @@ def score(
         except OSError as exc:
             raise CliError(f"cannot create heatmap directory {heatmaps}: {exc.strerror or exc}") from exc
 
-    if output_format == "table":
-        print(_table_row("score", "anomaly" if threshold is not None else None, "path"), file=stdout)
+    # The table header waits for the first row, so a model that cannot score yet fails
+    # with its error alone on the terminal.
+    header_pending = output_format == "table"
     taken: set[Path] = set()
     scored = anomalous = skipped = 0
     for chunk in _batches(sources, batch_size):
@@ -284,7 +295,10 @@ def score(
         skipped += chunk_skipped
         if batch is None:
             continue
-        image_scores, maps = model.score(batch)  # (B,), (B, H, W)
+        try:
+            image_scores, maps = model.score(batch)  # (B,), (B, H, W)
+        except padim.NotFittedError as exc:
+            raise CliError(f"{model_path} cannot score yet: {exc}; fit it on more images") from exc
         for source, image, value, amap in zip(loaded, images, image_scores.tolist(), maps):
             is_anomaly = None if threshold is None else bool(value > threshold)
             anomalous += bool(is_anomaly)
@@ -296,6 +310,10 @@ def score(
             if output_format == "jsonl":
                 print(_json_row(source.path, value, is_anomaly, written), file=stdout)
             else:
+                if header_pending:
+                    print(_table_row("score", "anomaly" if threshold is not None else None, "path"),
+                          file=stdout)
+                    header_pending = False
                 flag = None if is_anomaly is None else ("yes" if is_anomaly else "no")
                 print(_table_row(f"{value:.4f}", flag, str(source.path)), file=stdout)
             stdout.flush()  # one line per image as it is scored, also through a pipe

@@ -144,15 +144,18 @@ def render_overlay(
     out = Image.fromarray(blended, mode="RGB")
     if threshold is not None:
         scale_y, scale_x = height / amap.shape[0], width / amap.shape[1]
+        # The box stands a little outside the contour so that a small region shows both
+        # (without the margin a tiny region's box would hide inside its contour line).
+        margin = 2 * thickness + 1
         draw = ImageDraw.Draw(out)
         for box in find_regions(amap > threshold):
             # Box edges lie on pixel borders; Pillow's rectangle includes its end point.
             draw.rectangle(
                 (
-                    int(box.left * scale_x),
-                    int(box.top * scale_y),
-                    max(int(box.right * scale_x) - 1, 0),
-                    max(int(box.bottom * scale_y) - 1, 0),
+                    max(int(box.left * scale_x) - margin, 0),
+                    max(int(box.top * scale_y) - margin, 0),
+                    min(int(box.right * scale_x) - 1 + margin, width - 1),
+                    min(int(box.bottom * scale_y) - 1 + margin, height - 1),
                 ),
                 outline=OUTLINE_RGB,
                 width=thickness,

@@ -194,6 +194,17 @@ def test_resume_needs_an_existing_model(tmp_path: Path) -> None:
         _fit(tmp_path / "train", tmp_path / "m.padim", io.StringIO(), resume=True)
 
 
+def test_a_weights_file_is_recorded_as_an_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The model reloads its backbone from this path, maybe from another directory.
+    monkeypatch.chdir(tmp_path)
+    assert offline._weights_option("w/lite0.pth") == str(tmp_path / "w" / "lite0.pth")
+
+
+def test_weights_keywords_are_not_taken_for_paths() -> None:
+    assert [offline._weights_option(w) for w in ("imagenet", "none", None)] == ["imagenet", "none", None]
+
+
 # ----------------------------------------------------------------------------- score / info
 
 

@@ -81,6 +81,17 @@ def test_render_overlay_outlines_regions_above_the_threshold() -> None:
     assert not outlined[32, 32] and not outlined[2, 2]
 
 
+def test_render_overlay_boxes_a_region_apart_from_its_contour() -> None:
+    image = Image.new("RGB", (64, 64), (0, 0, 0))
+    amap = np.zeros((32, 32))
+    amap[8:24, 8:24] = 10.0
+    pixels = np.asarray(render_overlay(image, amap, threshold=5.0))
+    column = np.all(pixels[:32, 32] == OUTLINE_RGB, axis=-1).astype(int)  # down to the centre
+    # Two separate outlined runs above the centre: the box line, then the contour.
+    runs = int(np.sum(np.diff(np.concatenate([[0], column])) == 1))
+    assert runs == 2
+
+
 def test_render_overlay_draws_no_outline_without_a_threshold() -> None:
     image = Image.new("RGB", (64, 64), (0, 0, 0))
     amap = np.zeros((32, 32))
