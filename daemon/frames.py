@@ -182,12 +182,14 @@ class FrameDecoder:
                     "decompression_bomb",
                     f"{width}x{height} = {width * height} pixels > input.max_pixels "
                     f"{self._settings.max_pixels}")
-            if image.format not in self._settings.allowed_formats:
+            # Many cameras write MPO (JPEG with extra pictures appended): it is a JPEG.
+            actual = "JPEG" if image.format == "MPO" else image.format
+            if actual not in self._settings.allowed_formats:
                 return DecodeError(
-                    "bad_image", f"format {image.format} is not in input.allowed_formats")
-            if declared is not None and declared != image.format:
+                    "bad_image", f"format {actual} is not in input.allowed_formats")
+            if declared is not None and declared != actual:
                 return DecodeError(
-                    "bad_image", f"content-type says {declared} but the data is {image.format}")
+                    "bad_image", f"content-type says {declared} but the data is {actual}")
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)

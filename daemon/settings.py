@@ -102,6 +102,12 @@ class KafkaSettings(_Section):
     def _split(cls, value: object) -> object:
         return _split_list(value)
 
+    @field_validator("control_topic", "group_instance_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # TOML has no null: "" is how a file (or PADIMD_KAFKA__CONTROL_TOPIC=) turns it off.
+        return None if value == "" else value
+
     @field_validator("input_topics")
     @classmethod
     def _at_least_one_topic(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -129,7 +135,7 @@ class KafkaSettings(_Section):
 class InputSettings(_Section):
     """How input records are read and which ones are refused."""
 
-    camera_header: str | None = None  # None: the record key is the camera id
+    camera_header: str | None = None  # None or "": the record key is the camera id
     label_header: str = "label"
     capture_time_header: str = "capture_ts"
     max_image_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
@@ -138,6 +144,11 @@ class InputSettings(_Section):
     allowed_formats: Annotated[tuple[ImageFormat, ...], NoDecode] = ("JPEG", "PNG", "WEBP")
     # Streams without operator labels can still train: treat unlabelled frames as normal.
     unlabelled_as_normal: bool = False
+
+    @field_validator("camera_header", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("allowed_formats", mode="before")
     @classmethod

@@ -151,3 +151,12 @@ def test_bad_capture_time_is_bad_header(text: bytes) -> None:
 def test_capture_time_falls_back_to_record_timestamp() -> None:
     frame = decoder().decode(record(0, png_frame(), timestamp_ms=1_700_000_000_250))
     assert isinstance(frame, Frame) and frame.capture_time_s == pytest.approx(1_700_000_000.25)
+
+
+def test_mpo_from_cameras_counts_as_jpeg() -> None:
+    first = Image.fromarray(normal_pixels(np.random.default_rng(0)))
+    buffer = io.BytesIO()
+    first.save(buffer, format="MPO", save_all=True, append_images=[first.copy()])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    rec = record(0, buffer.getvalue(), headers=(("content-type", b"image/jpeg"),))
+    assert isinstance(decoder().decode(rec), Frame)

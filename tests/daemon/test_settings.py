@@ -171,3 +171,10 @@ def test_example_config_documents_every_key() -> None:
     documented = _documented_keys((REPO / "config.example.toml").read_text(encoding="utf-8"))
     assert expected - documented == set()
     assert documented - expected == set()
+
+
+def test_empty_control_topic_disables_control(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(write(tmp_path, '[kafka]\ncontrol_topic = ""\n')).kafka.control_topic is None
+    monkeypatch.setenv("PADIMD_KAFKA__CONTROL_TOPIC", "")
+    assert load_settings(write(tmp_path, "")).kafka.control_topic is None
