@@ -81,9 +81,9 @@ class Engine:
         self._restoring += 1
         try:
             await self._worker.run(self._assign, wanted)
+            self._assigned_once = True
         finally:
             self._restoring -= 1
-            self._assigned_once = True
 
     async def release(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Snapshot the cameras of ``partitions``, forget them and return the offsets

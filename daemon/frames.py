@@ -34,7 +34,7 @@ _CONTENT_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/jpg": "JPEG",
                                   "image/png": "PNG", "image/webp": "WEBP"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # eq on a tensor field would be ambiguous
 class Frame:
     """A decoded, validated input frame at model size."""
 

@@ -314,3 +314,16 @@ async def test_model_failure_of_one_camera_spares_the_others(
     await engine.process(normal_records(0, 2, camera=b"cam-a") + normal_records(2, 2, camera=b"cam-b"))
     assert sample(metrics, "padimd_frames_learned_total", camera="cam-a") == 0
     assert sample(metrics, "padimd_frames_learned_total", camera="cam-b") == 2
+
+
+async def test_failed_restore_leaves_the_engine_not_ready(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(self: SnapshotStore, source: TopicPartition) -> list[str]:
+        raise PermissionError(13, "Permission denied", str(self.directory))
+
+    monkeypatch.setattr(SnapshotStore, "cameras", unreadable)
+    engine = make_engine()
+    with pytest.raises(PermissionError):
+        await engine.assign([P0])
+    assert not engine.ready()
