@@ -131,13 +131,13 @@ def _load_batch(
 # ----------------------------------------------------------------------------- fit
 
 
-def _new_model(options: Mapping[str, Any], defaults: Mapping[str, Any], device: str) -> Any:
+def _new_model(options: Mapping[str, Any], defaults: Mapping[str, Any], device: str) -> padim.PatchModel:
     """A fresh model of the chosen variant, unset options taking their defaults."""
     chosen = {key: defaults[key] if value is None else value for key, value in options.items()}
     return VARIANT_CLASSES[chosen.pop("variant")](device=device, **chosen)
 
 
-def _resume_model(out: Path, options: Mapping[str, Any], device: str) -> Any:
+def _resume_model(out: Path, options: Mapping[str, Any], device: str) -> padim.PatchModel:
     """Load `out` to train on; options the user typed must agree with the saved model."""
     if not out.is_file():
         raise CliError(f"--resume: model file not found: {out} (leave out --resume to create it)")
@@ -199,6 +199,8 @@ def fit(
         raise CliError(f"not a directory: {images_dir}")
     if resume and overwrite:
         raise CliError("--resume and --overwrite contradict each other; choose one")
+    if out.is_dir():
+        raise CliError(f"--out must be a model file, not a directory: {out}")
     if out.exists() and not (resume or overwrite):
         raise CliError(f"{out} exists: pass --resume to train it further or --overwrite to replace it")
     sources = [ImageSource(p, False, p.relative_to(images_dir)) for p in find_images(images_dir)]
@@ -275,9 +277,7 @@ def score(
 ) -> int:
     """Print one score per image (table or JSON lines); optionally write heatmap overlays."""
     sources = expand_inputs(inputs)  # fail on a typo before the (slow) model load
-    if not model_path.is_file():
-        raise CliError(f"model file not found: {model_path}")
-    model = padim.load_model(model_path, device=device)
+    model = padim.load_model(model_path, device=device)  # PersistError names a bad file
     size = model.size
     if heatmaps is not None:
         try:
@@ -345,7 +345,7 @@ def _json_row(path: Path, value: float, is_anomaly: bool | None, heatmap: Path |
 # ----------------------------------------------------------------------------- info
 
 
-def describe(model: Any) -> dict[str, Any]:
+def describe(model: padim.PatchModel) -> dict[str, Any]:
     """The facts `padimd info` shows, as JSON-able values."""
     extractor = model.extractor
     return {
@@ -365,9 +365,7 @@ def describe(model: Any) -> dict[str, Any]:
 
 def info(model_path: Path, *, as_json: bool, stdout: TextIO = sys.stdout) -> int:
     """Describe a model file: one `key: value` line per fact, or one JSON object."""
-    if not model_path.is_file():
-        raise CliError(f"model file not found: {model_path}")
-    facts = describe(padim.load_model(model_path))
+    facts = describe(padim.load_model(model_path))  # PersistError names a bad file
     if as_json:
         print(json.dumps(facts), file=stdout)
         return 0
