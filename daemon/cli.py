@@ -26,7 +26,6 @@ from typing import TextIO
 from daemon import __version__  # cheap: the package imports neither torch nor Kafka
 
 PROG = "padimd"
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl+C
@@ -41,6 +40,8 @@ FIT_DEFAULTS = {
     "seed": 0,
     "variant": "padim",
 }
+# The keys of daemon.offline.VARIANT_CLASSES, repeated here so that parsing needs no
+# torch import; tests/daemon/test_cli.py checks the two agree.
 VARIANTS = ("padim", "shared", "svdd", "nvp")
 DEFAULT_BATCH_SIZE = 16
 
@@ -187,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return _run(args, parser, stdout, stderr)
     except SystemExit as exc:  # argparse's --help, --version and usage errors
+        if exc.code is None:
+            return 0
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except CliError as exc:
         print(f"{PROG}: error: {exc}", file=stderr)

@@ -100,6 +100,12 @@ def test_config_that_does_not_exist_exits_non_zero_naming_it(tmp_path: Path) -> 
     assert_clean_error(padimd("--config", "nowhere.toml", cwd=tmp_path), "nowhere.toml")
 
 
+def test_the_variant_choices_are_the_variants_fit_can_build() -> None:
+    from daemon import cli, offline
+
+    assert set(cli.VARIANTS) == set(offline.VARIANT_CLASSES)
+
+
 # ----------------------------------------------------------------------------- fit / info
 
 
