@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -327,3 +329,43 @@ async def test_failed_restore_leaves_the_engine_not_ready(
     with pytest.raises(PermissionError):
         await engine.assign([P0])
     assert not engine.ready()
+
+
+async def test_threshold_is_learned_from_normal_frames_only(make_engine: EngineFactory,
+                                                            metrics: Metrics) -> None:
+    engine = make_engine()
+    await engine.assign([P0])
+    await engine.process(normal_records(0, MIN_FRAMES + 3))
+    assert math.isnan(sample(metrics, "padimd_threshold", camera="cam-1"))  # 3 of 4 samples
+    await engine.process(normal_records(MIN_FRAMES + 3, 1, seed=1))
+    learned = sample(metrics, "padimd_threshold", camera="cam-1")
+    assert not math.isnan(learned)
+    rng = np.random.default_rng(5)
+    defects = [record(offset, encode(defect_pixels(rng)), label=label)
+               for offset, label in zip(range(20, 26), ["anomalous", None] * 3, strict=True)]
+    await engine.process(defects)
+    assert sample(metrics, "padimd_threshold", camera="cam-1") == learned
+    assert sample(metrics, "padimd_frames_learned_total", camera="cam-1") == MIN_FRAMES + 4
+
+
+async def test_event_loop_stays_responsive_while_the_model_works(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine()
+    await engine.assign([P0])
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # let the ticker start before the batch
+    ticks = 0
+    await engine.process(normal_records(0, 16))
+    done.set()
+    await task
+    assert ticks >= 3, "the batch blocked the event loop"
