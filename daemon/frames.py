@@ -171,8 +171,8 @@ class FrameDecoder:
                 image = Image.open(io.BytesIO(value))  # reads the header only
         except Image.DecompressionBombError as exc:
             return DecodeError("decompression_bomb", str(exc))
-        except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            return DecodeError("undecodable", f"not an image Pillow can read: {exc}")
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes, see _describe
+            return DecodeError("undecodable", f"not an image Pillow can read: {_describe(exc)}")
         with image:
             width, height = image.size
             if width <= 0 or height <= 0:
@@ -198,12 +198,22 @@ class FrameDecoder:
                 resized = rgb.resize((width_m, height_m), Image.Resampling.BILINEAR)
             except Image.DecompressionBombError as exc:
                 return DecodeError("decompression_bomb", str(exc))
-            except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+            except Exception as exc:  # noqa: BLE001 - untrusted bytes, see _describe
                 # Truncated or corrupt pixel data: the header was fine, the body is not.
-                return DecodeError("bad_image", f"image data is corrupt: {exc}")
+                return DecodeError("bad_image", f"image data is corrupt: {_describe(exc)}")
         pixels = np.asarray(resized, dtype=np.uint8)  # (H, W, 3)
         tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
         return tensor, (width, height)
+
+
+def _describe(exc: Exception) -> str:
+    """Why Pillow refused the bytes.
+
+    The image steps catch every Exception: the bytes are untrusted, and Pillow's
+    decoders fed crafted data raise more than OSError/ValueError (struct.error,
+    IndexError, EOFError, TypeError, ...). Each is a fact about the input, so the record
+    is dead-lettered and the service goes on."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _parse_timestamp(text: str) -> float | None:

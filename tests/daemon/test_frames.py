@@ -160,3 +160,14 @@ def test_mpo_from_cameras_counts_as_jpeg() -> None:
     assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
     rec = record(0, buffer.getvalue(), headers=(("content-type", b"image/jpeg"),))
     assert isinstance(decoder().decode(rec), Frame)
+
+
+def test_unexpected_decoder_exception_is_bad_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Crafted files make Pillow raise struct.error, IndexError, ...: still just bad input.
+    def explode(self: Image.Image, *args: object, **kwargs: object) -> Image.Image:
+        raise IndexError("crafted chunk offsets")
+
+    monkeypatch.setattr(Image.Image, "convert", explode)
+    result = decoder().decode(record(0, png_frame()))
+    assert isinstance(result, DecodeError)
+    assert result.reason == "bad_image" and "IndexError" in result.detail
