@@ -110,7 +110,7 @@ show_log_tail() {
 # Two distinct free ports (broker, controller): bind both at once, then release them
 # for Kafka. Another process could grab one in between; start retries on that.
 free_ports() {
-    python3 -c '
+    "$python" -c '
 import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks:
@@ -160,7 +160,7 @@ start_once() {
     fi
 
     local ports
-    ports=$(free_ports) || die "could not pick free ports with python3"
+    ports=$(free_ports) || die "could not pick free ports with $python"
     read -r broker_port controller_port <<<"$ports"
     sed -e "s|@BROKER_PORT@|$broker_port|g" \
         -e "s|@CONTROLLER_PORT@|$controller_port|g" \
@@ -220,7 +220,9 @@ cmd_start() {
     fi
     fetch_jars
     command -v java >/dev/null || die "java not found (scripts/setup.sh installs OpenJDK 17)"
-    command -v python3 >/dev/null || die "python3 not found (used to pick free ports)"
+    # Any Python 3 picks the ports; a bare Debian may only have python3.11.
+    python=$(command -v python3 || command -v python3.11) \
+        || die "no python3 found (used to pick free ports)"
     rm -f "$run_dir/bootstrap"
     for attempt in 1 2 3; do
         rc=0
