@@ -1,36 +1,31 @@
 """Heatmap overlays: an input image blended with its colour-mapped anomaly map.
 
-Pure numpy + Pillow (no matplotlib): `padimd score --heatmaps DIR` writes one PNG per
+No matplotlib (the colormap is a few lines of numpy): `padimd score --heatmaps DIR` writes one PNG per
 scored image with `render_overlay`. When a threshold is given, the pixels above it
-are outlined and each connected region gets a bounding box, so an operator sees
-*where* the model objects, not only how much.
+are outlined and each connected region gets a bounding box (the regions the service
+reports in its events, `daemon.events.find_regions`), so an operator sees *where* the
+model objects, not only how much.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
-
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
+
+from daemon.events import find_regions
+from daemon.settings import ScoringSettings
 
 # Weight of the heatmap in the blend: 0.5 keeps the scene recognisable under the colour.
 DEFAULT_ALPHA = 0.5
 # Contour and box colour: white stands out against every jet colour.
 OUTLINE_RGB = (255, 255, 255)
+# Regions smaller than this (pixels at model size) get a contour but no box: the same
+# rule, and default, as the regions of the service's events.
+DEFAULT_MIN_REGION_PX: int = ScoringSettings.model_fields["region_min_area_px"].default
 # Outline thickness relative to the image's shorter side, so a 4K frame and a
 # 64 px thumbnail both get a visible but thin line.
 OUTLINE_FRACTION = 1 / 150
-
-
-@dataclass(frozen=True, slots=True)
-class Box:
-    """An axis-aligned region in pixel coordinates; `bottom`/`right` are exclusive."""
-
-    top: int
-    left: int
-    bottom: int
-    right: int
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -64,38 +59,6 @@ def normalise_map(anomaly_map: np.ndarray, threshold: float | None = None) -> np
     return np.clip((amap - low) / (high - low), 0.0, 1.0)
 
 
-def find_regions(mask: np.ndarray) -> list[Box]:
-    """Bounding boxes of the 8-connected True regions of a 2-D boolean mask.
-
-    A breadth-first flood fill that only visits foreground pixels; callers pass the
-    mask at model resolution (e.g. 224 x 224), where this is cheap, and scale the boxes.
-    Boxes are returned in scan order (by their first pixel, row-major).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    height, width = mask.shape
-    seen = np.zeros_like(mask)
-    boxes: list[Box] = []
-    for start_y, start_x in zip(*np.nonzero(mask)):
-        if seen[start_y, start_x]:
-            continue
-        seen[start_y, start_x] = True
-        top, left, bottom, right = start_y, start_x, start_y, start_x
-        queue = deque([(start_y, start_x)])
-        while queue:
-            y, x = queue.popleft()
-            top, bottom = min(top, y), max(bottom, y)
-            left, right = min(left, x), max(right, x)
-            for ny in range(max(y - 1, 0), min(y + 2, height)):
-                for nx in range(max(x - 1, 0), min(x + 2, width)):
-                    if mask[ny, nx] and not seen[ny, nx]:
-                        seen[ny, nx] = True
-                        queue.append((ny, nx))
-        boxes.append(Box(int(top), int(left), int(bottom) + 1, int(right) + 1))
-    return boxes
-
-
 def _resize_map(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float map to (width, height) via Pillow's float mode."""
     image = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F")
@@ -117,13 +80,14 @@ def render_overlay(
     anomaly_map: np.ndarray,
     threshold: float | None = None,
     alpha: float = DEFAULT_ALPHA,
+    min_region_px: int = DEFAULT_MIN_REGION_PX,
 ) -> Image.Image:
     """Blend `image` with the jet-coloured `anomaly_map`; outline regions above `threshold`.
 
     `anomaly_map` (h, w) may be at the model's resolution; it is resized (bilinear) to the
     image's size, so the overlay always has the input's size. With a threshold, pixels
-    above it are contoured and each region (found at the map's own resolution, where
-    labelling is cheap) is boxed. Returns a new RGB image.
+    above it are contoured, and each region of at least `min_region_px` map pixels is
+    boxed. Returns a new RGB image.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -136,28 +100,24 @@ def render_overlay(
     colours = jet(normalise_map(full_map, threshold)).astype(np.float64)  # (H, W, 3)
     pixels = np.asarray(rgb, dtype=np.float64)  # (H, W, 3)
     blended = np.round((1.0 - alpha) * pixels + alpha * colours).astype(np.uint8)
+    if threshold is None:
+        return Image.fromarray(blended, mode="RGB")
 
-    if threshold is not None:
-        thickness = max(1, round(min(width, height) * OUTLINE_FRACTION))
-        contour = _outline(full_map > threshold, thickness)
-        blended[contour] = OUTLINE_RGB
+    thickness = max(1, round(min(width, height) * OUTLINE_FRACTION))
+    blended[_outline(full_map > threshold, thickness)] = OUTLINE_RGB
     out = Image.fromarray(blended, mode="RGB")
-    if threshold is not None:
-        scale_y, scale_x = height / amap.shape[0], width / amap.shape[1]
-        # The box stands a little outside the contour so that a small region shows both
-        # (without the margin a tiny region's box would hide inside its contour line).
-        margin = 2 * thickness + 1
-        draw = ImageDraw.Draw(out)
-        for box in find_regions(amap > threshold):
-            # Box edges lie on pixel borders; Pillow's rectangle includes its end point.
-            draw.rectangle(
-                (
-                    max(int(box.left * scale_x) - margin, 0),
-                    max(int(box.top * scale_y) - margin, 0),
-                    min(int(box.right * scale_x) - 1 + margin, width - 1),
-                    min(int(box.bottom * scale_y) - 1 + margin, height - 1),
-                ),
-                outline=OUTLINE_RGB,
-                width=thickness,
-            )
+    draw = ImageDraw.Draw(out)
+    # The box stands a little outside the contour so that a small region shows both
+    # (without the margin a tiny region's box would hide inside its contour line).
+    margin = 2 * thickness + 1
+    regions = find_regions(torch.from_numpy(amap), threshold, (width, height),
+                           min_area_px=min_region_px)
+    for region in regions:
+        x0, y0, x1, y1 = region.box  # original pixels, x1/y1 exclusive
+        # Pillow's rectangle includes its end point, hence the - 1.
+        draw.rectangle(
+            (max(x0 - margin, 0), max(y0 - margin, 0),
+             min(x1 - 1 + margin, width - 1), min(y1 - 1 + margin, height - 1)),
+            outline=OUTLINE_RGB, width=thickness,
+        )
     return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.overlay import OUTLINE_RGB, Box, find_regions, jet, normalise_map, render_overlay
+from daemon.overlay import OUTLINE_RGB, jet, normalise_map, render_overlay
 
 
 def test_jet_runs_from_dark_blue_through_green_to_dark_red() -> None:
@@ -40,17 +40,6 @@ def test_normalise_map_with_threshold_saturates_above_it() -> None:
 
 def test_normalise_map_of_a_constant_map_is_zero() -> None:
     assert not normalise_map(np.full((3, 3), 4.0)).any()
-
-
-def test_find_regions_boxes_each_eight_connected_region() -> None:
-    mask = np.zeros((8, 10), dtype=bool)
-    mask[1:3, 1:4] = True  # a 2x3 block
-    mask[5, 6] = mask[6, 7] = True  # a diagonal pair: one region under 8-connectivity
-    assert find_regions(mask) == [Box(1, 1, 3, 4), Box(5, 6, 7, 8)]
-
-
-def test_find_regions_of_an_empty_mask_is_empty() -> None:
-    assert find_regions(np.zeros((4, 4), dtype=bool)) == []
 
 
 def test_render_overlay_has_the_input_size_not_the_map_size() -> None:
@@ -90,6 +79,16 @@ def test_render_overlay_boxes_a_region_apart_from_its_contour() -> None:
     # Two separate outlined runs above the centre: the box line, then the contour.
     runs = int(np.sum(np.diff(np.concatenate([[0], column])) == 1))
     assert runs == 2
+
+
+def test_render_overlay_contours_but_does_not_box_a_region_below_the_minimum_area() -> None:
+    image = Image.new("RGB", (64, 64), (0, 0, 0))
+    amap = np.zeros((32, 32))
+    amap[8:24, 8:24] = 10.0  # 256 map pixels
+    boxed = np.asarray(render_overlay(image, amap, threshold=5.0, min_region_px=1))
+    unboxed = np.asarray(render_overlay(image, amap, threshold=5.0, min_region_px=257))
+    outlined = [np.all(p == OUTLINE_RGB, axis=-1).sum() for p in (boxed, unboxed)]
+    assert 0 < outlined[1] < outlined[0]  # the contour stays, the box goes
 
 
 def test_render_overlay_draws_no_outline_without_a_threshold() -> None:
