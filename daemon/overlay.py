@@ -1,11 +1,10 @@
 """Heatmap overlays: an input image blended with its colour-mapped anomaly map.
 
-No matplotlib (the colormap is a few lines of numpy): `padimd score --heatmaps DIR` writes one PNG per
-scored image with `render_overlay`. When a threshold is given, the pixels above it
-are outlined and each connected region gets a bounding box (the regions the service
-reports in its events, `daemon.events.find_regions`), so an operator sees *where* the
-model objects, not only how much.
-"""
+`padimd score --heatmaps DIR` writes one PNG per scored image with `render_overlay`;
+the colormap is a few lines of numpy (no matplotlib). When a threshold is given, the
+pixels above it are outlined and each connected region gets a bounding box (the
+regions the service reports in its events, `daemon.events.find_regions`), so an
+operator sees *where* the model objects, not only how much."""
 
 from __future__ import annotations
 
