@@ -4,7 +4,8 @@
 the colormap is a few lines of numpy (no matplotlib). When a threshold is given, the
 pixels above it are outlined and each connected region gets a bounding box (the
 regions the service reports in its events, `daemon.events.find_regions`), so an
-operator sees *where* the model objects, not only how much."""
+operator sees *where* the model objects, not only how much.
+"""
 
 from __future__ import annotations
 
