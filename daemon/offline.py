@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 import padim
@@ -85,18 +85,17 @@ def _suffix_list() -> str:
 
 
 def open_image(path: Path) -> Image.Image:
-    """Decode `path` fully as an upright RGB image, or raise `UnreadableImage`.
+    """Decode `path` fully as RGB, or raise `UnreadableImage`.
 
-    EXIF orientation is applied so the model scores, and the overlay shows, the image
-    the way a viewer displays it.
+    No EXIF rotation: the service (daemon.frames) and padim.load_image score the pixels
+    as stored, and a model must see a camera's images the same way offline and online.
     """
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
             return image.convert("RGB")  # forces the full decode inside the try
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        # Pillow reports unknown formats as OSError/UnidentifiedImageError and some
-        # truncated or malformed files as ValueError or SyntaxError.
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a fact about the file
+        # Pillow reports unknown formats as OSError, and malformed data as whatever its
+        # decoders hit (ValueError, SyntaxError, struct.error, EOFError, ...).
         raise UnreadableImage(f"{path}: not a readable image ({exc})") from exc
 
 

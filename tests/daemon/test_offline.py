@@ -98,14 +98,6 @@ def test_open_image_rejects_a_truncated_png(tmp_path: Path) -> None:
         offline.open_image(path)
 
 
-def test_open_image_applies_exif_orientation(tmp_path: Path) -> None:
-    path = tmp_path / "rotated.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: the camera was turned 90 degrees
-    Image.new("RGB", (40, 20)).save(path, exif=exif)
-    assert offline.open_image(path).size == (20, 40)
-
-
 def test_heatmap_path_mirrors_the_subdirectory_below_the_argument(tmp_path: Path) -> None:
     source = ImageSource(Path("data/good/x.png"), False, Path("good/x.png"))
     assert offline.heatmap_path(tmp_path, source, set()) == tmp_path / "good" / "x.heatmap.png"
