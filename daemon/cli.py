@@ -44,6 +44,7 @@ FIT_DEFAULTS = {
 # torch import; tests/daemon/test_cli.py checks the two agree.
 VARIANTS = ("padim", "shared", "svdd", "nvp")
 DEFAULT_BATCH_SIZE = 16
+DEVICE_HELP = "torch device: cpu, cuda, cuda:N, or auto (CUDA when present); default cpu"
 
 
 class CliError(Exception):
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="load the existing --out model and train it on these images")
     fit.add_argument("--overwrite", action="store_true",
                      help="replace an existing --out model instead of refusing")
-    fit.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    fit.add_argument("--device", default="cpu", help=DEVICE_HELP)
     fit.add_argument("--quiet", "-q", action="store_true",
                      help="no progress bar or summary on stderr")
 
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="flag images whose score exceeds T (and outline regions in heatmaps)")
     score.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")
-    score.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    score.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     info = commands.add_parser("info", help="describe a model file")
     info.add_argument("model", type=Path, metavar="MODEL")
