@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
+
+import padim
 
 from daemon import offline
 from daemon.cli import FIT_DEFAULTS, CliError, main
@@ -167,7 +168,7 @@ def test_fit_overwrite_starts_a_new_model(tmp_path: Path,
     out = tmp_path / "m.padim"
     out.write_bytes(fitted[0].read_bytes())  # a model that has learned NUM_TRAIN images
     assert _fit(tmp_path / "train", out, io.StringIO(), overwrite=True) == 0
-    assert offline.describe(offline.padim.load_model(out))["images_learned"] == 2
+    assert offline.describe(padim.load_model(out))["images_learned"] == 2
 
 
 def test_resume_rejects_an_option_that_contradicts_the_saved_model(
