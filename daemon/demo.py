@@ -83,7 +83,8 @@ async def create_topics(settings: Settings, partitions: int = INPUT_PARTITIONS) 
     """Create the input, output, dead-letter and control topics; existing ones are kept."""
     k = settings.kafka
     wanted = [NewTopic(t, partitions, 1) for t in k.input_topics]
-    wanted += [NewTopic(t, 1, 1) for t in (k.output_topic, k.dead_letter_topic, k.control_topic) if t]
+    singles = (k.output_topic, k.dead_letter_topic, k.control_topic)
+    wanted += [NewTopic(t, 1, 1) for t in singles if t]
     admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers)
     await admin.start()
     try:
@@ -223,20 +224,22 @@ class Fleet:
         return received
 
     def _summarise(self, received: dict[str, dict]) -> int:
-        defects = [i for i, f in self.sent.items() if f.truth != "normal"]
-        normals = [i for i, f in self.sent.items() if f.truth == "normal"]
-        detected = sum(1 for i in defects if received.get(i, {}).get("is_anomaly") is True)
-        flagged = sum(1 for i in normals if received.get(i, {}).get("is_anomaly") is True)
+        def flagged(ids: list[str]) -> int:
+            return sum(1 for i in ids if received.get(i, {}).get("is_anomaly") is True)
+
+        def of(camera: str | None, defective: bool) -> list[str]:
+            return [i for i, f in self.sent.items()
+                    if (f.truth != "normal") == defective and camera in (None, f.camera)]
+
         missing = len(self.sent) - len(received)
         print()
-        print(f"summary: defects detected {detected}/{len(defects)}, "
-              f"normals flagged {flagged}/{len(normals)}, "
+        print(f"summary: defects detected {flagged(of(None, True))}/{len(of(None, True))}, "
+              f"normals flagged {flagged(of(None, False))}/{len(of(None, False))}, "
               f"events missing {missing}/{len(self.sent)}")
         for camera in CAMERAS:
-            cam_def = [i for i in defects if self.sent[i].camera == camera]
-            cam_norm = [i for i in normals if self.sent[i].camera == camera]
-            print(f"  {camera:<11} defects {sum(1 for i in cam_def if received.get(i, {}).get('is_anomaly') is True)}/{len(cam_def)}"
-                  f"  false alarms {sum(1 for i in cam_norm if received.get(i, {}).get('is_anomaly') is True)}/{len(cam_norm)}")
+            defects, normals = of(camera, True), of(camera, False)
+            print(f"  {camera:<11} defects {flagged(defects)}/{len(defects)}"
+                  f"  false alarms {flagged(normals)}/{len(normals)}")
         return 0 if missing == 0 else EXIT_FAILED
 
 
@@ -263,7 +266,8 @@ def _print_event(event: dict, frame: SentFrame) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m daemon.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m daemon.demo",
+                                     description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     topics = commands.add_parser("topics", help="create the topics of the config")
     topics.add_argument("--config", required=True)
