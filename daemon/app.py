@@ -178,7 +178,7 @@ class Service:
         stop_task = asyncio.create_task(stop.wait(), name="padimd-stop")
         try:
             await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if run_task.done():
+            if run_task.done() and not stop.is_set():
                 # The loop only returns early by raising (a non-retriable Kafka error).
                 exc = run_task.exception()
                 log.error("kafka loop stopped unexpectedly", exc_info=exc)
