@@ -225,7 +225,10 @@ def fit(
     learned = model.num_trained - learned_before
     if learned == 0:
         raise CliError(f"none of the {len(sources)} images under {images_dir} could be read; nothing saved")
-    model.save(out)
+    try:
+        model.save(out)
+    except OSError as exc:  # unwritable directory, disk full: the user's to fix, not a bug
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from exc
     if not quiet:
         total = _count(model.num_trained)
         print(
@@ -304,8 +307,12 @@ def score(
             written = None
             if heatmaps is not None:
                 written = heatmap_path(heatmaps, source, taken)
-                written.parent.mkdir(parents=True, exist_ok=True)
-                render_overlay(image, amap.detach().cpu().numpy(), threshold).save(written, format="PNG")
+                overlay = render_overlay(image, amap.detach().cpu().numpy(), threshold)
+                try:
+                    written.parent.mkdir(parents=True, exist_ok=True)
+                    overlay.save(written, format="PNG")
+                except OSError as exc:
+                    raise CliError(f"cannot write heatmap {written}: {exc.strerror or exc}") from exc
             if output_format == "jsonl":
                 print(_json_row(source.path, value, is_anomaly, written), file=stdout)
             else:

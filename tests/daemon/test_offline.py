@@ -162,6 +162,13 @@ def test_fit_refuses_to_replace_an_existing_model_unasked(tmp_path: Path) -> Non
     assert out.read_bytes() == b"precious"
 
 
+def test_fit_reports_an_unwritable_output_path(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", 2)
+    (tmp_path / "file").write_text("a file, so it cannot hold a directory")
+    with pytest.raises(CliError, match="cannot write .*model.padim"):
+        _fit(tmp_path / "train", tmp_path / "file" / "sub" / "model.padim", io.StringIO())
+
+
 def test_fit_overwrite_starts_a_new_model(tmp_path: Path,
                                           fitted: tuple[Path, list[Path]]) -> None:
     write_images(tmp_path / "train", 2)
@@ -220,6 +227,15 @@ def test_score_jsonl_names_each_heatmap_it_wrote(
     model, images = fitted
     rows = _score_rows(capsys, str(model), str(images[0]), "--heatmaps", str(tmp_path))
     assert rows[0]["heatmap"] == str(tmp_path / "img0.heatmap.png")
+
+
+def test_score_reports_a_heatmap_it_cannot_write(
+        tmp_path: Path, fitted: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]) -> None:
+    model, images = fitted
+    (tmp_path / "heatmaps").mkdir()
+    (tmp_path / "heatmaps" / "img0.heatmap.png").mkdir()  # a directory where the PNG goes
+    assert main(["score", str(model), str(images[0]), "--heatmaps", str(tmp_path / "heatmaps")]) == 1
+    assert "cannot write heatmap" in capsys.readouterr().err
 
 
 def test_score_skips_an_unreadable_image_found_in_a_directory(
