@@ -106,6 +106,15 @@ def test_the_variant_choices_are_the_variants_fit_can_build() -> None:
     assert set(cli.VARIANTS) == set(offline.VARIANT_CLASSES)
 
 
+def test_the_offline_commands_do_not_import_kafka() -> None:
+    # A fresh interpreter: this test session may already have imported aiokafka.
+    code = ("import sys, daemon.cli, daemon.offline; "
+            "print(sorted(m for m in sys.modules if m.startswith(('aiokafka', 'daemon.kafka'))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=TIMEOUT_S, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 # ----------------------------------------------------------------------------- fit / info
 
 
