@@ -17,8 +17,9 @@ cached), then:
   per camera, beside the bytes of one camera's model state (`PaDiM.state_bytes()`).
 
 The bare library rate is `PaDiM.score` on batches of `--batch` frames in this process,
-same backbone, size and embeddings, measured in the same run: the table prints the
-end-to-end rate as a fraction of it. Results also go to bench/results/ as JSON.
+same backbone, size and embeddings, measured right before and after each scenario: the
+table prints the end-to-end rate as a fraction of their mean. Results also go to
+bench/results/ as JSON.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Result:
     latency_p99_s: float
     paced_rate_per_s: float
     rss_per_camera_bytes: float
+    bare_before_after: tuple[float, float]
 
 
 # --- frames -----------------------------------------------------------------------
@@ -109,28 +111,43 @@ def camera_frames(camera: int, n: int, size: int, seed: int) -> list[bytes]:
 # --- the bare library rate -----------------------------------------------------------
 
 
-def bare_rate(cfg: Config) -> tuple[float, int]:
-    """Frames/s of `PaDiM.score` on batches of `cfg.batch`, and one model's state bytes.
+class BareScorer:
+    """`PaDiM.score` alone, on batches of `cfg.batch`: the library's rate on this machine.
 
     Runs on a dedicated thread, as the daemon's model worker calls the library: on a
     loaded machine torch's intra-op threading behaves differently on the main thread,
-    and the comparison must not reward or punish the daemon for that.
+    and the comparison must not reward or punish the daemon for that. The model is
+    built once; `rate()` is measured right before and after each scenario, because a
+    shared machine's load can change several-fold within minutes.
     """
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        return worker.submit(_bare_rate, cfg).result()
 
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare")
+        self.state_bytes = self._worker.submit(self._build).result()
 
-def _bare_rate(cfg: Config) -> tuple[float, int]:
-    model = PaDiM(size=(cfg.size, cfg.size), num_embeddings=cfg.num_embeddings, device="cpu")
-    model.train_one_batch(normal_crops("brick", max(cfg.warmup, 2), cfg.size, seed=1))
-    test = normal_crops("brick", cfg.batch, cfg.size, seed=2)
-    model.score(test[:2])  # first call computes and caches the inverse covariances
-    rounds = max(1, cfg.frames // cfg.batch)
-    started = time.perf_counter()
-    for _ in range(rounds):
-        model.score(test)
-    elapsed = time.perf_counter() - started
-    return rounds * cfg.batch / elapsed, model.state_bytes()
+    def _build(self) -> int:
+        cfg = self._cfg
+        self._model = PaDiM(size=(cfg.size, cfg.size), num_embeddings=cfg.num_embeddings,
+                            device="cpu")
+        self._model.train_one_batch(normal_crops("brick", max(cfg.warmup, 2), cfg.size, seed=1))
+        self._test = normal_crops("brick", cfg.batch, cfg.size, seed=2)
+        self._model.score(self._test[:2])  # computes and caches the inverse covariances
+        return self._model.state_bytes()
+
+    def rate(self, frames: int) -> float:
+        """Frames/s over at least `frames` frames (whole batches, two at least)."""
+        return self._worker.submit(self._rate, frames).result()
+
+    def _rate(self, frames: int) -> float:
+        rounds = max(2, -(-frames // self._cfg.batch))
+        started = time.perf_counter()
+        for _ in range(rounds):
+            self._model.score(self._test)
+        return rounds * self._cfg.batch / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._worker.shutdown()
 
 
 # --- broker ---------------------------------------------------------------------------
@@ -325,7 +342,7 @@ class Stream:
             await asyncio.sleep(0.05)
 
 
-async def run_scenario(cfg: Config, bootstrap: str, cameras: int, bare_fps: float,
+async def run_scenario(cfg: Config, bootstrap: str, cameras: int, bare: BareScorer,
                        work: Path) -> Result:
     tag = uuid.uuid4().hex[:8]
     topics = {"input": f"bench-{tag}-frames", "output": f"bench-{tag}-events",
@@ -340,6 +357,7 @@ async def run_scenario(cfg: Config, bootstrap: str, cameras: int, bare_fps: floa
     state.mkdir()
     config_path = state / "padimd.toml"
     config_path.write_text(daemon_config(cfg, bootstrap, topics, state, port))
+    bare_before = await asyncio.to_thread(bare.rate, cfg.frames * cameras)
     daemon = Daemon(config_path, port, state / "padimd.log")
     try:
         daemon.wait_ready()
@@ -373,31 +391,35 @@ async def run_scenario(cfg: Config, bootstrap: str, cameras: int, bare_fps: floa
             latency = np.array([stream.received[i] - capture for i, capture in paced])
     finally:
         daemon.stop()
+    bare_after = await asyncio.to_thread(bare.rate, cfg.frames * cameras)
     p50, p95, p99 = np.percentile(latency, [50, 95, 99])
-    return Result(cameras=cameras, frames_per_s=fps, ratio_to_bare=fps / bare_fps,
+    return Result(cameras=cameras, frames_per_s=fps,
+                  ratio_to_bare=fps / ((bare_before + bare_after) / 2),
                   latency_p50_s=float(p50), latency_p95_s=float(p95), latency_p99_s=float(p99),
-                  paced_rate_per_s=rate, rss_per_camera_bytes=(rss_warm - rss_ready) / cameras)
+                  paced_rate_per_s=rate, rss_per_camera_bytes=(rss_warm - rss_ready) / cameras,
+                  bare_before_after=(bare_before, bare_after))
 
 
 # --- report -------------------------------------------------------------------------------
 
 
-def print_table(cfg: Config, bare_fps: float, state_bytes: int, results: list[Result]) -> None:
+def print_table(cfg: Config, state_bytes: int, results: list[Result]) -> None:
     mib = 1024 * 1024
     print()
     print(f"padimd end-to-end: efficientnet_lite0 (ImageNet) {cfg.size}x{cfg.size}, "
           f"d={cfg.num_embeddings}, batch {cfg.batch}, {os.cpu_count()} CPUs, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"bare PaDiM.score: {bare_fps:.2f} frames/s; model state per camera "
-          f"{state_bytes / mib:.1f} MiB")
-    header = (f"{'cameras':>7} {'frames/s':>9} {'x bare':>7} {'paced/s':>8} {'p50 s':>7} "
-              f"{'p95 s':>7} {'p99 s':>7} {'RSS/camera MiB':>15} {'RSS/state':>9}")
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"model state per camera {state_bytes / mib:.1f} MiB; 'bare' = PaDiM.score alone, "
+          "measured right before and after each row")
+    header = (f"{'cameras':>7} {'frames/s':>9} {'bare/s':>13} {'x bare':>7} {'paced/s':>8} "
+              f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'RSS/cam MiB':>12} {'RSS/state':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.cameras:>7} {r.frames_per_s:>9.2f} {r.ratio_to_bare:>7.2f} "
-              f"{r.paced_rate_per_s:>8.2f} {r.latency_p50_s:>7.2f} {r.latency_p95_s:>7.2f} "
-              f"{r.latency_p99_s:>7.2f} {r.rss_per_camera_bytes / mib:>15.1f} "
+        bare = f"{r.bare_before_after[0]:.1f}/{r.bare_before_after[1]:.1f}"
+        print(f"{r.cameras:>7} {r.frames_per_s:>9.2f} {bare:>13} {r.ratio_to_bare:>7.2f} "
+              f"{r.paced_rate_per_s:>8.2f} {r.latency_p50_s:>6.2f} {r.latency_p95_s:>6.2f} "
+              f"{r.latency_p99_s:>6.2f} {r.rss_per_camera_bytes / mib:>12.1f} "
               f"{r.rss_per_camera_bytes / state_bytes:>9.2f}")
 
 
@@ -428,37 +450,28 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     return cfg, args
 
 
-async def run(cfg: Config, bootstrap: str, bare_fps: float) -> list[Result]:
+async def run(cfg: Config, bootstrap: str, bare: BareScorer) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="padimd-bench-") as tmp:
-        return [await run_scenario(cfg, bootstrap, n, bare_fps, Path(tmp)) for n in cfg.cameras]
+        return [await run_scenario(cfg, bootstrap, n, bare, Path(tmp)) for n in cfg.cameras]
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
-    print(f"bench: measuring the bare PaDiM.score rate ({cfg.size} px, d={cfg.num_embeddings}); "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    bare_before, state_bytes = bare_rate(cfg)
+    print(f"bench: building the bare PaDiM ({cfg.size} px, d={cfg.num_embeddings})", flush=True)
+    bare = BareScorer(cfg)
     broker = Broker(args.bootstrap)
     try:
-        results = asyncio.run(run(cfg, broker.bootstrap, bare_before))
+        results = asyncio.run(run(cfg, broker.bootstrap, bare))
     finally:
         broker.close()
-    # The machine may be shared: measure the bare rate again and compare against the
-    # mean of both, so that load drift during the run does not skew the ratio.
-    bare_after, _ = bare_rate(cfg)
-    bare_fps = (bare_before + bare_after) / 2
-    for r in results:
-        r.ratio_to_bare = r.frames_per_s / bare_fps
-    print_table(cfg, bare_fps, state_bytes, results)
-    print(f"bare rate before/after the runs: {bare_before:.2f} / {bare_after:.2f} frames/s; "
-          f"load average now {os.getloadavg()[0]:.1f}")
+        bare.close()
+    print_table(cfg, bare.state_bytes, results)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"e2e-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({
-        "config": asdict(cfg), "bare_frames_per_s": bare_fps,
-        "bare_before_after": [bare_before, bare_after], "state_bytes": state_bytes,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "config": asdict(cfg), "state_bytes": bare.state_bytes,
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+                    "python": platform.python_version(), "torch": torch.__version__},
         "results": [asdict(r) for r in results]}, indent=2))
     print(f"\nbench: results written to {out.relative_to(REPO_ROOT)}")
     return 0
