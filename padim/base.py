@@ -62,6 +62,8 @@ class PatchModel(ABC):
         self.extractor = extractor
         self.blur_sigma = float(blur_sigma)
         self.seed = int(seed)
+        #: Library version that wrote the file this model was loaded from (None if built here).
+        self.saved_library_version: str | None = None
 
     # ------------------------------------------------------------------ shape facts
 
@@ -252,6 +254,7 @@ class PatchModel(ABC):
             raise PersistError(f"{source} has inconsistent model state: {exc}") from exc
         model.blur_sigma = blur_sigma
         model.seed = seed
+        model.saved_library_version = record.library_version
         return model
 
     def _check_compatible(self, other: PatchModel) -> None:

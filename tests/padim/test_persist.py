@@ -36,6 +36,13 @@ def test_file_records_everything_needed_to_resume(trained: PaDiM, tmp_path: Path
     assert float(record.tensors["model.stats.count"][0]) == 6
 
 
+def test_loaded_model_remembers_the_library_version_that_wrote_it(trained: PaDiM) -> None:
+    import padim
+
+    assert trained.saved_library_version is None
+    assert PaDiM.from_bytes(trained.to_bytes()).saved_library_version == padim.__version__
+
+
 def test_flipped_byte_in_the_payload_is_detected(trained: PaDiM, tmp_path: Path) -> None:
     data = bytearray(trained.to_bytes())
     data[-100] ^= 0xFF
