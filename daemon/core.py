@@ -5,7 +5,7 @@
 | not owned               | skip not_owned              | skip not_owned | skip not_owned |
 | frozen, not fitted      | skip frozen                 | skip frozen    | skip frozen    |
 | frozen, fitted          | score (held out)            | score          | score          |
-| replayed, not fitted    | skip warming_up             | skip warming_up| skip warming_up|
+| replayed, not fitted    | skip replayed               | skip warming_up| skip warming_up|
 | replayed, fitted        | score (no threshold sample) | score          | score          |
 | learning, not fitted    | learn                       | skip warming_up| skip warming_up|
 | learning, fitted        | score, held out, then learn | score          | score          |
@@ -27,7 +27,7 @@ from typing import Literal
 from daemon.frames import Label
 
 # The reasons of padimd_frames_skipped_total (docs/metrics.md).
-SkipReason = Literal["warming_up", "frozen", "not_owned"]
+SkipReason = Literal["warming_up", "frozen", "not_owned", "replayed"]
 
 
 class Action(StrEnum):
@@ -94,8 +94,9 @@ def route(
     replayed = camera.last_learned_offset is not None and offset <= camera.last_learned_offset
     if replayed:
         # Learned before the restart: learning it again would count it twice, and its
-        # score was already a threshold sample then. Not fitted yet: still warming up.
-        return Decision(Action.SCORE) if fitted else Decision(Action.SKIP, "warming_up")
+        # score was already a threshold sample then. Not fitted yet: nothing to do, and
+        # counted apart so a replay after a crash is visible, not hidden in warm-up.
+        return Decision(Action.SCORE) if fitted else Decision(Action.SKIP, "replayed")
     if not fitted:
         return Decision(Action.LEARN)
     return Decision(Action.SCORE_AND_LEARN, threshold_sample=True)

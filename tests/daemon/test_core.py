@@ -38,7 +38,7 @@ def skip(reason: str) -> Decision:
         ("normal", 5, FROZEN_COLD, skip("frozen")),
         ("anomalous", 5, FROZEN_COLD, skip("frozen")),
         ("normal", 10, FITTED, SCORE),  # replayed: learned before, score only
-        ("normal", 1, WARM, skip("warming_up")),  # replayed, still warming up
+        ("normal", 1, WARM, skip("replayed")),  # replayed, still warming up
         ("anomalous", 10, FITTED, SCORE),
     ],
 )
