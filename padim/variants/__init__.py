@@ -7,8 +7,9 @@
 Importing this package registers the variants with :func:`padim.load_model`.
 """
 
+from padim.variants._gradient import GradientPatchModel, TrainingDivergedError
 from padim.variants.nvp import PaDiMNVP
 from padim.variants.shared import PaDiMShared
 from padim.variants.svdd import PaDiMSVDD
 
-__all__ = ["PaDiMNVP", "PaDiMSVDD", "PaDiMShared"]
+__all__ = ["GradientPatchModel", "PaDiMNVP", "PaDiMSVDD", "PaDiMShared", "TrainingDivergedError"]

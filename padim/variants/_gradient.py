@@ -25,7 +25,7 @@ from torch import nn
 
 from padim.backbones import WEIGHTS_IMAGENET
 from padim.base import PatchModel
-from padim.errors import ConfigurationError, NotFittedError, PersistError
+from padim.errors import ConfigurationError, InputError, NotFittedError, PadimError, PersistError
 from padim.features import FeatureExtractor
 from padim.postprocess import DEFAULT_BLUR_SIGMA
 from padim.variants._training import (
@@ -49,6 +49,13 @@ _SCORE_CHUNK = 16384
 # same ``seed`` does not reuse one random stream for two unrelated purposes.
 _NET_SEED_OFFSET = 1
 _SAMPLER_SEED_OFFSET = 2
+
+
+class TrainingDivergedError(PadimError, FloatingPointError):
+    """Gradient training met a non-finite loss; that step was not taken.
+
+    Also a FloatingPointError, what numeric code conventionally raises for this.
+    """
 
 
 class GradientPatchModel(PatchModel):
@@ -127,6 +134,10 @@ class GradientPatchModel(PatchModel):
         # clone(): the extractor returns inference-mode tensors, which autograd
         # refuses to save for backward.
         patches = patches.reshape(-1, self.num_embeddings).clone()  # (B*P, d)
+        # Images are checked by the extractor; embeddings given directly are not,
+        # and one NaN would fix NaN SVDD centres / ActNorm scales for good.
+        if not bool(torch.isfinite(patches).all()):
+            raise InputError("embeddings contain NaN or infinite values")
         with torch.enable_grad():
             self._before_steps(patches)
             self.net.train()
@@ -137,8 +148,8 @@ class GradientPatchModel(PatchModel):
                     if not torch.isfinite(loss):
                         # Better to stop here than to write NaN weights that
                         # would score everything NaN from now on.
-                        raise FloatingPointError(
-                            f"{type(self).__name__} training diverged (loss {float(loss)}) "
+                        raise TrainingDivergedError(
+                            f"{type(self).__name__} training diverged (loss {float(loss.detach())}) "
                             f"after {self.num_steps} steps; lower lr"
                         )
                     self.optimizer.zero_grad(set_to_none=True)
@@ -170,7 +181,12 @@ class GradientPatchModel(PatchModel):
         self._init_training_state()
 
     def state_bytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in self._model_tensors().values())
+        # Counted in place rather than via _model_tensors(), which copies the
+        # optimizer state: callers may poll this for a memory gauge.
+        tensors = list(self.net.state_dict().values())
+        tensors += [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        tensors.append(self.sampler.get_state())
+        return sum(t.element_size() * t.nelement() for t in tensors) + 8  # + the float64 image count
 
     # ------------------------------------------------------------------ persistence
 

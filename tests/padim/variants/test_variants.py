@@ -20,7 +20,7 @@ from padim.features import FeatureExtractor
 from padim.model import PaDiM
 from padim.persist import decode, encode
 from padim.variants import PaDiMNVP, PaDiMShared, PaDiMSVDD
-from padim.variants._gradient import GradientPatchModel
+from padim.variants import GradientPatchModel, TrainingDivergedError
 
 SIZE = 64
 DIM = 32
@@ -197,6 +197,31 @@ def test_embeddings_of_another_shape_raise_input_error(cls: type[Model], make: C
     model = make(cls)
     with pytest.raises(InputError):
         model.train_embeddings(torch.rand(2, DIM + 1, *model.grid))
+
+
+@pytest.mark.parametrize("cls", GRADIENT_VARIANTS)
+def test_non_finite_embeddings_are_refused_before_they_reach_the_network(
+    cls: type[Model], make: Callable[..., Model], train_embeddings: torch.Tensor
+) -> None:
+    model = make(cls)
+    bad = train_embeddings[:2].clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError):
+        model.train_embeddings(bad)
+    assert model.num_trained == 0
+
+
+@pytest.mark.parametrize("cls", GRADIENT_VARIANTS)
+def test_a_diverging_step_raises_and_leaves_the_weights_alone(
+    cls: type[Model], make: Callable[..., Model], learn: Callable[..., Model], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = learn(make(cls, steps_per_batch=1), 0, 4)
+    assert isinstance(model, GradientPatchModel)
+    weights = [p.detach().clone() for p in model.net.parameters()]
+    monkeypatch.setattr(model, "_loss", lambda patches: model.net(patches)[0].sum() * float("nan"))
+    with pytest.raises(TrainingDivergedError):
+        learn(model, 4, 8)
+    assert all(torch.equal(p, w) for p, w in zip(model.net.parameters(), weights))
 
 
 @pytest.mark.parametrize(
