@@ -73,6 +73,8 @@ command -v python3.11 >/dev/null || missing+=(python3.11 python3.11-venv)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v promtool >/dev/null || missing+=(prometheus)
+# systemd-analyze verifies the shipped unit in tests/deploy.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 else
