@@ -47,6 +47,10 @@ _CONTROL_MISSING_WARN_S = 10.0
 T = TypeVar("T")
 
 
+class RebalanceFailed(RuntimeError):
+    """The engine could not release or restore partitions during a rebalance."""
+
+
 class EngineLike(Protocol):
     """The part of `daemon.engine.Engine` the edge calls (see the design doc)."""
 
@@ -145,11 +149,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, edge: KafkaEdge) -> None:
         self._edge = edge
 
+    # aiokafka logs and swallows a listener's exception, and the group carries on: the
+    # edge would then silently own partitions it cannot process. Record the failure
+    # instead; the main loop raises it and the service exits to be restarted clean.
+
     async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
-        await self._edge._on_revoked(revoked)
+        try:
+            await self._edge._on_revoked(revoked)
+        except Exception as exc:
+            self._edge._fail("releasing revoked partitions", exc)
 
     async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
-        await self._edge._on_assigned(assigned)
+        try:
+            await self._edge._on_assigned(assigned)
+        except Exception as exc:
+            self._edge._fail("restoring assigned partitions", exc)
 
 
 class KafkaEdge:
@@ -178,6 +192,7 @@ class KafkaEdge:
         self._producer: AIOKafkaProducer | None = None
         self._control_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failure: RebalanceFailed | None = None
         self.has_assignment = asyncio.Event()
         self.control_positioned = asyncio.Event()
         self.last_heartbeat = time.monotonic()
@@ -188,7 +203,12 @@ class KafkaEdge:
         return self._assigned
 
     async def __aenter__(self) -> KafkaEdge:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # __aexit__ does not run when __aenter__ fails: stop what did start.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -238,6 +258,7 @@ class KafkaEdge:
             self._control_task = asyncio.create_task(
                 self._control_loop(cfg.control_topic), name="padimd-control"
             )
+            self._control_task.add_done_callback(_log_control_exit)
         log.info(
             "kafka edge started: bootstrap=%s topics=%s group=%s",
             cfg.bootstrap_servers,
@@ -271,6 +292,8 @@ class KafkaEdge:
         backoff = _Backoff()
         while not stop.is_set():
             self.last_heartbeat = time.monotonic()
+            if self._failure is not None:
+                raise self._failure
             try:
                 batches = await consumer.getmany(
                     timeout_ms=cfg.max_batch_wait_ms, max_records=cfg.max_batch_size
@@ -324,6 +347,12 @@ class KafkaEdge:
             log.info("released %d partitions on shutdown", len(partitions))
 
     # --- rebalance -------------------------------------------------------------
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        log.error("%s failed", what, exc_info=exc)
+        failure = RebalanceFailed(f"{what} failed: {exc!r}")
+        failure.__cause__ = exc
+        self._failure = failure
 
     async def _on_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
         partitions = frozenset(TopicPartition(tp.topic, tp.partition) for tp in revoked)
@@ -532,6 +561,12 @@ async def _retry(op: Callable[[], Awaitable[T]], what: str) -> T:
             if not _is_transient(exc):
                 raise
             await backoff.wait(f"{what} failed: {exc!r}")
+
+
+def _log_control_exit(task: asyncio.Task[None]) -> None:
+    # Commands would silently stop working: say so loudly (the data path keeps going).
+    if not task.cancelled() and task.exception() is not None:
+        log.error("control topic reader failed", exc_info=task.exception())
 
 
 def _describe(partitions: Iterable[TopicPartition]) -> str:
