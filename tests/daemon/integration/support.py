@@ -238,6 +238,17 @@ async def read_until(
         await consumer.stop()
 
 
+async def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int | None:
+    """The offset `group` has committed for one partition (None: nothing yet)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(KafkaTopicPartition(topic, partition))
+    finally:
+        await consumer.stop()
+
+
 def _brief(record: ConsumerRecord[bytes, bytes]) -> str:
     value = record.value or b""
     return value[:120].decode("utf-8", errors="replace")

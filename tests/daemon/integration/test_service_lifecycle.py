@@ -7,12 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka import TopicPartition as KafkaTopicPartition
-
 from tests.daemon.integration.support import (
     REPO_ROOT,
     DaemonProcess,
+    committed_offset,
     config,
     frame,
     free_port,
@@ -33,16 +31,6 @@ def test_invalid_config_exits_2_with_one_message_naming_the_key(tmp_path: Path) 
     assert done.returncode == 2
     assert "kafka.max_message_bytes" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.committed(KafkaTopicPartition(topic, 0))
-    finally:
-        await consumer.stop()
 
 
 @pytest.mark.kafka
@@ -68,4 +56,4 @@ async def test_sigterm_exits_0_after_committing_every_processed_frame(
     finally:
         daemon.ensure_stopped()
     assert exit_code == 0, daemon.log()
-    assert await _committed(kafka_bootstrap, topics.input, topics.input) == FRAMES
+    assert await committed_offset(kafka_bootstrap, topics.input, topics.input) == FRAMES
