@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from padim import synthetic
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64  # small crops keep these tests fast; nothing here depends on the size
 
 
@@ -158,3 +163,25 @@ def test_dataset_splits_draw_independently() -> None:
     small = synthetic.make_dataset("brick", size=SIZE, n_train=3, n_test_normal=2, n_test_defective=3)
     large = synthetic.make_dataset("brick", size=SIZE, n_train=3, n_test_normal=6, n_test_defective=9)
     assert torch.equal(small.train, large.train)
+
+
+def test_importing_the_module_does_not_import_scikit_image() -> None:
+    # The daemon's demo producer imports this module; scikit-image is only a test/demo
+    # extra, so it must load only when a texture is asked for.
+    code = "import sys, padim.synthetic; print('skimage' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_missing_scikit_image_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes the import fail as if the package were absent.
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    synthetic._load_texture.cache_clear()  # a cached texture would hide the import
+    try:
+        with pytest.raises(ImportError, match="scikit-image"):
+            synthetic.texture("brick")
+    finally:
+        synthetic._load_texture.cache_clear()  # do not keep a cache built without skimage
