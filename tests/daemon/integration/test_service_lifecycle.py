@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,27 @@ async def test_sigterm_exits_0_after_committing_every_processed_frame(
         daemon.ensure_stopped()
     assert exit_code == 0, daemon.log()
     assert await committed_offset(kafka_bootstrap, topics.input, topics.input) == FRAMES
+
+
+@pytest.mark.kafka
+async def test_second_signal_during_the_drain_exits_at_once(
+    kafka_bootstrap: str, kafka_topics, tmp_path: Path
+) -> None:
+    topics = make_topics(kafka_topics)
+    port = free_port()
+    cfg_path = tmp_path / "padimd.toml"
+    cfg_path.write_text(to_toml(config(kafka_bootstrap, topics, tmp_path / "snap",
+                                       group_id=topics.input, http_port=port)))
+    daemon = DaemonProcess(cfg_path, port, tmp_path / "padimd.log")
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+        # Two different signals: two SIGTERMs sent back to back may merge into one.
+        # Pending signals are delivered lowest number first, so either may be "second".
+        os.kill(daemon.pid, signal.SIGTERM)
+        os.kill(daemon.pid, signal.SIGINT)
+        exit_code = daemon.terminate()
+    finally:
+        daemon.ensure_stopped()
+    assert exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM), daemon.log()
+    assert "drained" not in daemon.log()
