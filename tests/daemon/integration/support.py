@@ -300,11 +300,12 @@ class InProcessService:
 
 @asynccontextmanager
 async def running(settings: Settings, ready_timeout_s: float = READY_TIMEOUT_S,
-                  wait_ready: bool = True) -> AsyncIterator[InProcessService]:
+                  wait_ready: bool = True,
+                  notifier: SystemdNotifier | None = None) -> AsyncIterator[InProcessService]:
     """Run padimd in-process until the block ends, then stop it as SIGTERM would."""
     stop = asyncio.Event()
     service = Service(settings, registry=CollectorRegistry(),
-                      notifier=SystemdNotifier(environ={}))
+                      notifier=notifier if notifier is not None else SystemdNotifier(environ={}))
     handle = InProcessService(service, stop)
     async with service:
         task = asyncio.create_task(service.run(stop))
