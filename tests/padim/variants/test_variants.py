@@ -118,6 +118,7 @@ def test_defective_images_score_above_every_held_out_normal(
     assert float(defective_scores.min()) > float(normal_scores.max())
 
 
+@pytest.mark.slow
 def test_default_sized_flow_detects_the_defects_too(make: Callable[..., Model], learn: Callable[..., Model]) -> None:
     model = learn(make(PaDiMNVP, num_blocks=7, hidden=130))
     normal_scores, _ = model.score(HELD_OUT)
