@@ -32,6 +32,7 @@ from padim.variants._training import (
     generator_from_tensor,
     generator_to_tensor,
     optimizer_from_flat,
+    optimizer_meta,
     optimizer_to_flat,
     sample_rows,
 )
@@ -131,36 +132,42 @@ class GradientPatchModel(PatchModel):
     def train_embeddings(self, embeddings: torch.Tensor) -> None:
         patches = self._patches(embeddings)  # (B, P, d)
         num_images = patches.shape[0]
-        # clone(): the extractor returns inference-mode tensors, which autograd
-        # refuses to save for backward.
-        patches = patches.reshape(-1, self.num_embeddings).clone()  # (B*P, d)
-        # Images are checked by the extractor; embeddings given directly are not,
-        # and one NaN would fix NaN SVDD centres / ActNorm scales for good.
-        if not bool(torch.isfinite(patches).all()):
-            raise InputError("embeddings contain NaN or infinite values")
-        with torch.enable_grad():
+        # Learning needs autograd even when the caller scores under no_grad or
+        # inference_mode (the daemon may); both are switched back on here only.
+        with torch.inference_mode(False), torch.enable_grad():
+            # clone() outside inference mode: the extractor returns inference
+            # tensors, which autograd refuses to save for backward.
+            patches = patches.reshape(-1, self.num_embeddings).clone()  # (B*P, d)
+            # Images are checked by the extractor; embeddings given directly are
+            # not, and one NaN would fix NaN SVDD centres / ActNorm scales for good.
+            if not bool(torch.isfinite(patches).all()):
+                raise InputError("embeddings contain NaN or infinite values")
             self._before_steps(patches)
             self.net.train()
             try:
                 for _ in range(self.steps_per_batch):
-                    rows = sample_rows(patches.shape[0], self.patches_per_step, self.sampler)
-                    loss = self._loss(patches[rows.to(patches.device)])
-                    if not torch.isfinite(loss):
-                        # Better to stop here than to write NaN weights that
-                        # would score everything NaN from now on.
-                        raise TrainingDivergedError(
-                            f"{type(self).__name__} training diverged (loss {float(loss.detach())}) "
-                            f"after {self.num_steps} steps; lower lr"
-                        )
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    self.num_steps += 1
+                    self._step(patches)
             finally:
                 self.net.eval()
-        with torch.no_grad():
-            self._after_steps(patches)
+            with torch.no_grad():
+                self._after_steps(patches)
         self._num_trained += num_images
+
+    def _step(self, patches: torch.Tensor) -> None:
+        """One Adam step on a random subset of ``patches`` (N, d)."""
+        rows = sample_rows(patches.shape[0], self.patches_per_step, self.sampler)
+        loss = self._loss(patches[rows.to(patches.device)])
+        if not torch.isfinite(loss):
+            # Better to stop here than to write NaN weights that would score
+            # everything NaN from now on.
+            raise TrainingDivergedError(
+                f"{type(self).__name__} training diverged (loss {float(loss.detach())}) "
+                f"after {self.num_steps} steps; lower lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.num_steps += 1
 
     def predict_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         patches = self._patches(embeddings)  # (B, P, d)
@@ -191,14 +198,13 @@ class GradientPatchModel(PatchModel):
     # ------------------------------------------------------------------ persistence
 
     def _model_config(self) -> dict[str, Any]:
-        _, optim_meta = optimizer_to_flat(self.optimizer)
         return {
             "steps_per_batch": self.steps_per_batch,
             "patches_per_step": self.patches_per_step,
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "num_steps": self.num_steps,
-            "optimizer": optim_meta,
+            "optimizer": optimizer_meta(self.optimizer),
             **self._config(),
         }
 

@@ -36,17 +36,24 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     the metadata keeps the param groups (lr, betas, ...) and any non-tensor
     per-parameter values.
     """
-    state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in state["state"].items():
+    for index, param_state in optimizer.state_dict()["state"].items():
         for name, value in param_state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"{_OPTIM_PREFIX}{index}.{name}"] = value.detach().cpu().contiguous().clone()
-            else:
+    return tensors, optimizer_meta(optimizer)
+
+
+def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The JSON-able part of :func:`optimizer_to_flat`: param groups and non-tensor values."""
+    state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in state["state"].items():
+        for name, value in param_state.items():
+            if not isinstance(value, torch.Tensor):
                 scalars.setdefault(str(index), {})[name] = value
     groups = [_jsonable_group(group) for group in state["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    return {"param_groups": groups, "scalars": scalars}
 
 
 def optimizer_from_flat(

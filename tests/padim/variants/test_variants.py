@@ -404,6 +404,17 @@ def test_learning_works_inside_no_grad(
     assert not torch.equal(model.predict(HELD_OUT), before)
 
 
+@pytest.mark.parametrize("cls", GRADIENT_VARIANTS)
+def test_learning_works_inside_inference_mode(
+    cls: type[Model], fitted: Callable[[type[Model]], Model], make: Callable[..., Model]
+) -> None:
+    model = make(cls)
+    with torch.inference_mode():
+        for batch in TRAIN.split(4):
+            model.train_one_batch(batch)
+    assert torch.equal(model.predict(HELD_OUT), fitted(cls).predict(HELD_OUT))
+
+
 @pytest.mark.parametrize("cls", VARIANTS)
 def test_reset_forgets_everything_learned(
     cls: type[Model], fitted: Callable[[type[Model]], Model], make: Callable[..., Model], learn: Callable[..., Model]
