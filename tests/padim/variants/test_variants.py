@@ -471,6 +471,12 @@ def test_shared_distances_do_not_depend_on_position(fitted: Callable[[type[Model
     assert torch.equal(model.predict_embeddings(rotated), expected)
 
 
+def test_shared_is_fitted_after_one_image(make: Callable[..., Model], learn: Callable[..., Model]) -> None:
+    # One image gives h*w samples of the single Gaussian (PaDiM needs two images).
+    model = learn(make(PaDiMShared), 0, 1)
+    assert bool(torch.isfinite(model.predict(HELD_OUT)).all())
+
+
 def test_shared_forgetting_halves_old_images_after_half_life(
     make: Callable[..., Model], learn: Callable[..., Model]
 ) -> None:
@@ -498,6 +504,15 @@ def test_svdd_soft_boundary_keeps_about_nu_of_training_patches_outside(
     # The radius comes from the last batch; a patch outside the sphere scores > 0.
     outside = float((model.predict_embeddings(train_embeddings[4:]) > 0).float().mean())
     assert outside == pytest.approx(0.1, abs=0.01)
+
+
+def test_svdd_soft_boundary_radii_survive_a_round_trip(
+    make: Callable[..., Model], learn: Callable[..., Model]
+) -> None:
+    model = learn(make(PaDiMSVDD, objective="soft-boundary"), 0, 4)
+    loaded = PaDiMSVDD.from_bytes(model.to_bytes(), extractor=model.extractor)
+    assert bool((loaded.heads.radii > 0).all()) and torch.equal(loaded.heads.radii, model.heads.radii)
+    assert torch.equal(loaded.predict(HELD_OUT), model.predict(HELD_OUT))
 
 
 def test_svdd_training_pulls_normal_patches_towards_the_centres(
