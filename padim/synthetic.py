@@ -7,11 +7,12 @@ images are normal crops with one synthetic defect pasted in and a pixel mask of 
 - ``"scratch"``: a thin bright or dark random polyline (a scratch or a hair);
 - ``"blob"``: an irregular patch pulled towards another intensity and tint (a stain);
 - ``"cutpaste"``: a rectangle of the same texture from elsewhere, rotated by a multiple
-  of 90 degrees and/or flipped, pasted in (CutPaste, Li et al. 2021): the hardest kind,
-  because every pixel in it is real texture.
+  of 90 degrees and/or flipped, pasted in (CutPaste, Li et al. 2021): the hardest
+  kind, because every pixel in it is real texture. It is redrawn until it visibly
+  changes the crop, since a flat patch pasted on a flat area is no defect.
 
 Train and test crops come from disjoint halves of the photograph (left and right
-columns), so no test pixel was ever seen in training.
+columns), so no test crop overlaps a training crop.
 
 Everything is deterministic for a seed. Images are float32 tensors (3, H, W) RGB in
 [0, 1] (the grey photograph repeated on three channels), masks are bool (H, W).
