@@ -58,9 +58,10 @@ DEFECTIVE = stripes(4, seed=2, defect=True)
 
 
 @pytest.fixture(scope="module")
-def extractor() -> FeatureExtractor:
-    """One backbone for every model of this module, as the daemon shares one across cameras."""
-    return FeatureExtractor(backbone="resnet18", weights="none", size=SIZE, num_embeddings=DIM, seed=0)
+def extractor(small_extractor: FeatureExtractor) -> FeatureExtractor:
+    """The library tests' backbone (tests/padim/conftest.py), shared as the daemon shares one."""
+    assert small_extractor.size == (SIZE, SIZE) and small_extractor.num_embeddings == DIM
+    return small_extractor
 
 
 @pytest.fixture(scope="module")
