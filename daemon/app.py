@@ -262,6 +262,8 @@ def run_service(config_path: str | os.PathLike[str] | None) -> int:
         print(f"padimd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.logging.level, settings.logging.format, secrets=_secrets(settings))
+    for advice in settings.advisories():
+        log.warning("configuration: %s", advice)
     try:
         return asyncio.run(_serve_until_signalled(settings))
     except Exception:

@@ -171,7 +171,9 @@ class ModelSettings(_Section):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     epsilon: float = Field(default=0.01, gt=0)
     half_life: float | None = Field(default=None, gt=0)  # in frames; None: never forget
-    min_frames_before_scoring: int = Field(default=50, ge=2)  # covariance needs N >= 2
+    # The covariance needs N >= 2, but is rank-deficient until N > num_embeddings:
+    # scores taken earlier run several times too high (see Settings.advisories).
+    min_frames_before_scoring: int = Field(default=200, ge=2)
 
     @field_validator("size")
     @classmethod
@@ -217,7 +219,8 @@ class ThresholdSettings(ThresholdPolicy):
     """The global threshold policy, learned window bounds and per-camera overrides."""
 
     min_normal_scores: int = Field(default=200, ge=1)
-    window: int = Field(default=2000, ge=1)
+    # Short enough that early scores of a young model (which run high) roll out soon.
+    window: int = Field(default=500, ge=1)
     cameras: dict[str, CameraThresholdOverride] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -299,6 +302,19 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+
+    def advisories(self) -> list[str]:
+        """Valid but doubtful choices, for a warning at start-up."""
+        advice = []
+        model = self.model
+        if model.min_frames_before_scoring <= model.num_embeddings:
+            advice.append(
+                f"model.min_frames_before_scoring ({model.min_frames_before_scoring}) <= "
+                f"model.num_embeddings ({model.num_embeddings}): each covariance is rank-deficient "
+                "until a camera has learned more frames than channels, so early scores (and a "
+                "threshold learned from them) run high; use at least 2x num_embeddings"
+            )
+        return advice
 
     @classmethod
     def settings_customise_sources(

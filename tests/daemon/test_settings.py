@@ -178,3 +178,13 @@ def test_empty_control_topic_disables_control(tmp_path: Path,
     assert load_settings(write(tmp_path, '[kafka]\ncontrol_topic = ""\n')).kafka.control_topic is None
     monkeypatch.setenv("PADIMD_KAFKA__CONTROL_TOPIC", "")
     assert load_settings(write(tmp_path, "")).kafka.control_topic is None
+
+
+def test_scoring_before_more_frames_than_channels_draws_an_advisory(tmp_path: Path) -> None:
+    path = write(tmp_path, "[model]\nnum_embeddings = 100\nmin_frames_before_scoring = 50\n")
+    (advice,) = load_settings(path).advisories()
+    assert "model.min_frames_before_scoring (50)" in advice
+
+
+def test_default_settings_draw_no_advisory(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "")).advisories() == []
