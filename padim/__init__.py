@@ -16,6 +16,7 @@ from padim.errors import (
     NotFittedError,
     PadimError,
     PersistError,
+    TrainingDivergedError,
     WeightsError,
 )
 from padim.features import FeatureExtractor
@@ -40,6 +41,7 @@ __all__ = [
     "PadimError",
     "PatchModel",
     "PersistError",
+    "TrainingDivergedError",
     "WeightsError",
     "__version__",
     "anomaly_maps",

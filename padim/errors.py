@@ -8,6 +8,7 @@ caller can catch the whole family at its edge::
     ├── InputError              images of the wrong shape, size, dtype or range (also a ValueError)
     ├── WeightsError            backbone weights missing, mismatched or untrustworthy
     ├── NotFittedError          scoring before at least two images were learned
+    ├── TrainingDivergedError   a gradient-trained variant met a non-finite loss (also a FloatingPointError)
     └── PersistError            a model file that is unreadable, corrupt or not ours
         └── IncompatibleModelError   a valid file for another configuration
 """
@@ -33,6 +34,10 @@ class WeightsError(PadimError):
 
 class NotFittedError(PadimError):
     """The model has not learned enough images to estimate its distribution."""
+
+
+class TrainingDivergedError(PadimError, FloatingPointError):
+    """Gradient training (PaDiMSVDD, PaDiMNVP) met a non-finite loss; that step was not taken."""
 
 
 class PersistError(PadimError):

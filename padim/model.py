@@ -60,7 +60,11 @@ class PaDiM(PatchModel):
         super().__init__(num_embeddings, device, backbone, weights, size, seed, blur_sigma, extractor)
         self.epsilon = float(epsilon)
         self.half_life = None if half_life is None else float(half_life)
-        self.stats = GaussianStats(self.extractor.num_positions, self.num_embeddings, self.device)
+        self.stats = GaussianStats(self._stats_positions(), self.num_embeddings, self.device)
+
+    def _stats_positions(self) -> int:
+        """How many Gaussians the model keeps: one per patch position."""
+        return self.extractor.num_positions
 
     # ------------------------------------------------------------------ learning and scoring
 

@@ -7,7 +7,8 @@
 Importing this package registers the variants with :func:`padim.load_model`.
 """
 
-from padim.variants._gradient import GradientPatchModel, TrainingDivergedError
+from padim.errors import TrainingDivergedError
+from padim.variants._gradient import GradientPatchModel
 from padim.variants.nvp import PaDiMNVP
 from padim.variants.shared import PaDiMShared
 from padim.variants.svdd import PaDiMSVDD

@@ -25,7 +25,7 @@ from torch import nn
 
 from padim.backbones import WEIGHTS_IMAGENET
 from padim.base import PatchModel
-from padim.errors import ConfigurationError, InputError, NotFittedError, PadimError, PersistError
+from padim.errors import ConfigurationError, InputError, NotFittedError, PersistError, TrainingDivergedError
 from padim.features import FeatureExtractor
 from padim.postprocess import DEFAULT_BLUR_SIGMA
 from padim.variants._training import (
@@ -50,13 +50,6 @@ _SCORE_CHUNK = 16384
 # same ``seed`` does not reuse one random stream for two unrelated purposes.
 _NET_SEED_OFFSET = 1
 _SAMPLER_SEED_OFFSET = 2
-
-
-class TrainingDivergedError(PadimError, FloatingPointError):
-    """Gradient training met a non-finite loss; that step was not taken.
-
-    Also a FloatingPointError, what numeric code conventionally raises for this.
-    """
 
 
 class GradientPatchModel(PatchModel):

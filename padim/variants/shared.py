@@ -14,17 +14,9 @@ statistics, mergeable, optional exponential forgetting, same file layout.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from padim.backbones import WEIGHTS_IMAGENET
-from padim.base import PatchModel
-from padim.errors import ConfigurationError
-from padim.features import FeatureExtractor
 from padim.model import PaDiM
-from padim.postprocess import DEFAULT_BLUR_SIGMA
-from padim.stats import DEFAULT_EPSILON, GaussianStats
 
 
 class PaDiMShared(PaDiM):
@@ -39,29 +31,9 @@ class PaDiMShared(PaDiM):
 
     variant = "shared"
 
-    def __init__(
-        self,
-        num_embeddings: int | None = 100,
-        device: str | torch.device = "cpu",
-        backbone: str = "efficientnet_lite0",
-        weights: str | os.PathLike[str] = WEIGHTS_IMAGENET,
-        size: int | tuple[int, int] = (224, 224),
-        seed: int = 0,
-        epsilon: float = DEFAULT_EPSILON,
-        half_life: float | None = None,
-        blur_sigma: float = DEFAULT_BLUR_SIGMA,
-        extractor: FeatureExtractor | None = None,
-    ) -> None:
-        if not epsilon > 0:
-            raise ConfigurationError(f"epsilon must be > 0, got {epsilon}")
-        if half_life is not None and not half_life > 0:
-            raise ConfigurationError(f"half_life must be > 0 images (or None), got {half_life}")
-        # PaDiM.__init__ is skipped on purpose: it allocates P per-position
-        # statistics (127 MB at 224 px, d = 100) only for them to be replaced.
-        PatchModel.__init__(self, num_embeddings, device, backbone, weights, size, seed, blur_sigma, extractor)
-        self.epsilon = float(epsilon)
-        self.half_life = None if half_life is None else float(half_life)
-        self.stats = GaussianStats(1, self.num_embeddings, self.device)
+    def _stats_positions(self) -> int:
+        """One Gaussian for every position together."""
+        return 1
 
     def train_embeddings(self, embeddings: torch.Tensor) -> None:
         patches = self._patches(embeddings)  # (B, P, d)
