@@ -156,7 +156,7 @@ class Service:
         self.notifier.status("starting")
         # HTTP first, so /livez answers while the backbone loads and the group joins.
         self.http = await self._stack.enter_async_context(
-            HttpServer(self.registry, ready=self.ready, host=s.http.host, port=s.http.port)
+            HttpServer(self.registry, ready=self.ready, host=s.http.host, port=s.http.port, alive=self.alive)
         )
         store = SnapshotStore.from_settings(s.snapshots)
         # Loading the backbone is seconds of CPU; keep the event loop (and /livez) free.

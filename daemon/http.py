@@ -1,7 +1,8 @@
 """A minimal asyncio HTTP server for Prometheus and Kubernetes probes.
 
 Routes: ``/metrics`` (Prometheus text format from the injected registry), ``/livez``
-(200 while the event loop answers), ``/readyz`` (200 when ``ready()`` says so, else 503).
+(200 while ``alive()`` says the main loop turns, else 503), ``/readyz`` (200 when
+``ready()`` says so, else 503).
 Anything else is 404. Stdlib only: three fixed GET routes do not justify a web framework,
 and one request per connection keeps the parser small.
 """
@@ -33,9 +34,13 @@ class HttpServer:
         ready: Callable[[], bool],
         host: str = "0.0.0.0",
         port: int = 9108,
+        alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self._registry = registry
         self._ready = ready
+        # A wedged Kafka loop leaves the event loop answering; liveness must say so too,
+        # or Kubernetes never restarts what systemd's watchdog would.
+        self._alive = alive
         self._host = host
         self._requested_port = port
         self._server: asyncio.Server | None = None
@@ -111,7 +116,9 @@ class HttpServer:
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry), head_only
         if path == "/livez":
-            return 200, "text/plain; charset=utf-8", b"ok\n", head_only
+            if self._alive():
+                return 200, "text/plain; charset=utf-8", b"ok\n", head_only
+            return 503, "text/plain; charset=utf-8", b"main loop stalled\n", head_only
         if path == "/readyz":
             if self._is_ready():
                 return 200, "text/plain; charset=utf-8", b"ready\n", head_only

@@ -47,6 +47,15 @@ async def test_livez_is_ok_while_the_loop_runs() -> None:
     assert status == 200
 
 
+async def test_livez_is_503_when_the_main_loop_has_stalled() -> None:
+    state = {"alive": True}
+    async with HttpServer(CollectorRegistry(), ready=lambda: True, host="127.0.0.1", port=0,
+                          alive=lambda: state["alive"]) as server:
+        assert (await get(server.port, "/livez"))[0] == 200
+        state["alive"] = False
+        assert (await get(server.port, "/livez"))[0] == 503
+
+
 async def test_readyz_follows_the_ready_callable() -> None:
     state = {"ready": False}
     async with HttpServer(CollectorRegistry(), ready=lambda: state["ready"], host="127.0.0.1",
