@@ -68,6 +68,7 @@ class Engine:
         self._durable: dict[TopicPartition, int] = {}  # processed offsets covered by snapshots
         self._assigned_once = False
         self._restoring = 0
+        self._cameras_seen: set[str] = set()  # whose counters exist (metrics.register_camera)
 
     # ------------------------------------------------------------------ edge API
 
@@ -228,6 +229,9 @@ class Engine:
                 continue
             advanced[source] = max(advanced.get(source, 0), record.offset + 1)
             if isinstance(camera, str):
+                if camera not in self._cameras_seen:
+                    self._cameras_seen.add(camera)
+                    self._metrics.register_camera(camera)
                 self._metrics.frames_consumed.labels(camera=camera).inc()
             result = self._decoder.decode(record)
             if isinstance(result, DecodeError):

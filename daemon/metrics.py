@@ -89,6 +89,13 @@ class Metrics:
             "padimd_build_info", "Build information", ["version", "backbone"], registry=r)
         self.build_info.labels(version=version, backbone=backbone).set(1)
 
+    def register_camera(self, camera: str) -> None:
+        """Create a camera's counters at zero when it is first seen: a series born at 1
+        hides that first frame from rate() and increase(), and alerts read rates."""
+        for counter in (self.frames_consumed, self.frames_learned, self.frames_scored,
+                        self.anomalies):
+            counter.labels(camera=camera)
+
     def forget_camera(self, camera: str) -> None:
         """Drop the per-camera gauges of a camera this instance no longer owns, so a
         moved camera is not reported by two instances. Counters stay (they are rates)."""

@@ -369,3 +369,13 @@ async def test_event_loop_stays_responsive_while_the_model_works(
     done.set()
     await task
     assert ticks >= 3, "the batch blocked the event loop"
+
+
+async def test_a_new_camera_counters_exist_at_zero_before_its_first_anomaly(
+        make_engine: EngineFactory, metrics: Metrics) -> None:
+    engine = make_engine()
+    await engine.assign([P0])
+    await engine.process(normal_records(0, 2, camera=b"cam-new"))
+    # Present (not absent) at 0, so the first anomaly later shows up in rate().
+    assert metrics.registry.get_sample_value("padimd_anomalies_total", {"camera": "cam-new"}) == 0.0
+    assert metrics.registry.get_sample_value("padimd_frames_scored_total", {"camera": "cam-new"}) == 0.0
