@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from padim.persist import write_atomic
 
 from daemon.records import TopicPartition
 from daemon.settings import SnapshotSettings
@@ -38,7 +38,8 @@ SNAPSHOT_FORMAT = 1
 MODEL_SUFFIX = ".padim"
 META_SUFFIX = ".json"
 _SEQ_NAME = re.compile(r"^(\d{1,18})\.(padim|json)$")
-_TMP_PREFIX = ".tmp-"
+# padim.persist.write_atomic names its temporary files ".<target name>.<random>.tmp".
+_TMP_GLOB = ".*.tmp"
 
 T = TypeVar("T")
 
@@ -154,9 +155,9 @@ class SnapshotStore:
                 topic=source.topic, partition=source.partition, seq=seq,
                 created_time_s=now_s, model_sha256=hashlib.sha256(model_bytes).hexdigest(),
                 model_size_bytes=len(model_bytes), identity=json.loads(_canonical(identity)))
-            _write_atomic(directory / f"{seq}{MODEL_SUFFIX}", model_bytes)
+            write_atomic(directory / f"{seq}{MODEL_SUFFIX}", model_bytes)
             # The sidecar last: it is what makes the snapshot exist.
-            _write_atomic(directory / f"{seq}{META_SUFFIX}",
+            write_atomic(directory / f"{seq}{META_SUFFIX}",
                           meta.model_dump_json(indent=1).encode("utf-8"))
             self._prune(directory, seq)
         except OSError as exc:
@@ -252,24 +253,5 @@ def _sequences(directory: Path, suffix: str) -> set[int]:
 
 def _remove_temporaries(directory: Path) -> None:
     # Left by a crash mid-write; this instance is the camera's only writer.
-    for path in directory.glob(f"{_TMP_PREFIX}*"):
+    for path in directory.glob(_TMP_GLOB):
         path.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a mix, even across power loss."""
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
