@@ -190,8 +190,9 @@ class GaussianStats:
                 f"expected samples of shape (N, {self.num_positions}, {self.dim}), got {tuple(x.shape)}"
             )
         prec = self.precision(epsilon)
-        # Centre in float64: features with a large offset keep their small deviations.
-        diff = (x.to(device=self.device, dtype=torch.float64) - self.mean).to(torch.float32)
+        # Centring in float32 loses nothing: x is float32, so its own rounding (not the
+        # mean's, which is as large) bounds the error of x - mean.
+        diff = x.to(device=self.device, dtype=torch.float32) - prec.mean  # (N, P, d)
         z = torch.bmm(prec.inv_chol, diff.permute(1, 2, 0))  # (P, d, N)
         return z.square().sum(dim=1).sqrt().transpose(0, 1)  # (N, P)
 
