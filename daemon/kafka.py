@@ -340,11 +340,15 @@ class KafkaEdge:
             self._assigned = frozenset()
             if not partitions:
                 return
-            offsets = await self._engine.release(partitions)
-            await self._flush()
-            await self._commit(offsets)
-            self._forget_lag(partitions)
+            await self._release_locked(partitions)
             log.info("released %d partitions on shutdown", len(partitions))
+
+    async def _release_locked(self, partitions: frozenset[TopicPartition]) -> None:
+        """Snapshot and forget ``partitions``, then commit what is durable (lock held)."""
+        offsets = await self._engine.release(partitions)
+        await self._flush()
+        await self._commit(offsets)
+        self._forget_lag(partitions)
 
     # --- rebalance -------------------------------------------------------------
 
@@ -361,10 +365,7 @@ class KafkaEdge:
             self.has_assignment.clear()
             if not partitions:
                 return
-            offsets = await self._engine.release(partitions)
-            await self._flush()
-            await self._commit(offsets)
-            self._forget_lag(partitions)
+            await self._release_locked(partitions)
         log.info("partitions revoked: %s", _describe(partitions))
 
     async def _on_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
