@@ -62,7 +62,7 @@ class Engine:
         self._decoder = FrameDecoder(settings.input, settings.model.size)
         self._registry = ModelRegistry(settings.model, settings.threshold,
                                        extractor or build_extractor(settings.model))
-        self._worker = ModelWorker()
+        self._worker = ModelWorker(settings.model.threads)
         self._assigned: set[TopicPartition] = set()
         self._processed: dict[TopicPartition, int] = {}  # next offset after the last processed
         self._durable: dict[TopicPartition, int] = {}  # processed offsets covered by snapshots

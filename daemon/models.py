@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+import torch
 from padim import FeatureExtractor, PaDiM
 
 from daemon.core import CameraView
@@ -140,8 +141,17 @@ class ModelWorker:
     """One dedicated thread for the model: CPU/GPU-heavy work and every mutation of
     camera state happen there, one job at a time and in submission order."""
 
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="padimd-model")
+    def __init__(self, threads: int = 0) -> None:
+        """``threads`` > 0 sets torch's CPU threads for the model work; 0 keeps the default."""
+        # Set on the worker thread itself: OpenMP keeps the thread count per thread.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="padimd-model",
+            initializer=torch.set_num_threads if threads else None,
+            initargs=(threads,) if threads else ())
+
+    async def threads(self) -> int:
+        """torch's CPU thread count as seen by the model thread."""
+        return await self.run(torch.get_num_threads)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the worker thread and await its result."""

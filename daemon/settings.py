@@ -169,6 +169,10 @@ class ModelSettings(_Section):
     num_embeddings: int = Field(default=100, gt=0)
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    # CPU threads for torch; 0 keeps torch's default (one per core). On a host shared
+    # with other busy processes fewer threads are steadier: a batched op waits for
+    # its slowest thread, and the covariance factorisation stalls badly (bench/README.md).
+    threads: int = Field(default=0, ge=0)
     epsilon: float = Field(default=0.01, gt=0)
     half_life: float | None = Field(default=None, gt=0)  # in frames; None: never forget
     # The covariance needs N >= 2, but is rank-deficient until N > num_embeddings:

@@ -68,3 +68,14 @@ async def test_worker_runs_jobs_off_the_loop_thread_in_order() -> None:
     assert [n for n, _ in seen] == [0, 1, 2, 3, 4]
     assert {name for _, name in seen} != {threading.current_thread().name}
     assert all(name.startswith("padimd-model") for _, name in seen)
+
+
+async def test_worker_applies_the_configured_thread_count_on_its_own_thread() -> None:
+    import torch
+
+    wanted = 1 if torch.get_num_threads() != 1 else 2
+    worker = ModelWorker(threads=wanted)
+    try:
+        assert await worker.threads() == wanted
+    finally:
+        worker.close()
