@@ -3,14 +3,20 @@
 # from Maven Central jars: these machines have Java and Maven but no Docker engine and
 # no access to the Apache download site.
 #
-# Usage: scripts/kafka-broker.sh start|stop|status|fetch [--dir DIR]
+# Usage: scripts/kafka-broker.sh start|stop|status|fetch [--dir DIR] [--sasl]
 #   fetch   resolve the broker jars into .kafka/jars (once; later runs are offline)
 #   start   start a fresh, empty broker on free ports, wait until it serves clients,
 #           write its bootstrap address to DIR/bootstrap and print it on stdout
+#           --sasl: also open a SASL_PLAINTEXT listener (mechanisms PLAIN and
+#           SCRAM-SHA-256) for the user "padimd" with a password made for this start;
+#           its address goes to DIR/bootstrap_sasl, the password to DIR/sasl_password
+#           (mode 600; never printed). The PLAINTEXT listener stays as it is.
 #   stop    SIGTERM, then SIGKILL after a bound; removes the pid file
 #   status  exit 0 and print the bootstrap address when running, exit 3 when not
 # DIR defaults to .kafka/run in the repository; it holds server.properties,
-# broker.log, broker.pid, bootstrap and the broker's data (DIR/data).
+# broker.log, broker.pid, bootstrap and the broker's data (DIR/data); with --sasl also
+# bootstrap_sasl and sasl_password (server.properties then holds the password too, so
+# it is mode 600 as well).
 # Messages go to stderr so that `addr=$(scripts/kafka-broker.sh start)` works.
 #
 # Environment: PADIMD_KAFKA_JARS (jar cache dir), PADIMD_KAFKA_START_TIMEOUT_S (90),
@@ -32,7 +38,7 @@ say() { echo "kafka-broker: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 usage() {
-    echo "usage: $0 start|stop|status|fetch [--dir DIR]" >&2
+    echo "usage: $0 start|stop|status|fetch [--dir DIR] [--sasl]" >&2
     exit 2
 }
 
@@ -107,18 +113,19 @@ show_log_tail() {
     fi
 }
 
-# Two distinct free ports (broker, controller): bind both at once, then release them
-# for Kafka. Another process could grab one in between; start retries on that.
+# $1 (default 2) distinct free ports (broker, controller[, SASL]): bind them all at
+# once, then release them for Kafka. Another process could grab one in between; start
+# retries on that.
 free_ports() {
-    "$python" -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
+    "$python" - "${1:-2}" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 for s in socks:
     s.close()
-'
+PY
 }
 
 # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding; generating
@@ -135,6 +142,31 @@ random_cluster_id() {
     done
 }
 
+# The SASL test user's password: hex, so that neither the JAAS config nor the format
+# tool's SCRAM syntax ([name=...,password=...]) needs any quoting.
+random_password() {
+    "$python" -c 'import secrets; print(secrets.token_hex(16))'
+}
+
+# The SASL_PLAINTEXT listener on port $1 with password $2, added to server.properties
+# $3. Only clients use it: inter-broker and controller traffic stay PLAINTEXT.
+add_sasl_listener() {
+    local port=$1 password=$2 props=$3 listener=SASL_PLAINTEXT://127.0.0.1:$1
+    sed -i -e "s|^listeners=.*|&,$listener|" \
+        -e "s|^advertised.listeners=.*|&,$listener|" \
+        -e "s|^listener.security.protocol.map=.*|&,SASL_PLAINTEXT:SASL_PLAINTEXT|" \
+        "$props"
+    cat >>"$props" <<EOF
+
+# --sasl: a SASL_PLAINTEXT listener for clients (user padimd). PLAIN checks the JAAS
+# user_<name> entries; SCRAM checks the credentials written at storage format time.
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_padimd="$password";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+}
+
 java_opts=(
     "-Xms64m" "-Xmx$heap"
     # One GC thread and client-compiler-only JIT: the machines have 2 shared cores and
@@ -149,7 +181,8 @@ java_opts=(
 # Returns 0 when ready, 2 when the ports were taken (caller retries), dies otherwise.
 start_once() {
     local data=$run_dir/data props=$run_dir/server.properties log=$run_dir/broker.log
-    local broker_port controller_port pid waited_s
+    local broker_port controller_port sasl_port="" password="" pid waited_s
+    local -a scram=()
 
     # Every start is a fresh, empty cluster, so tests never see an earlier run's topics.
     # Only ever delete a directory that Kafka itself formatted.
@@ -160,15 +193,25 @@ start_once() {
     fi
 
     local ports
-    ports=$(free_ports) || die "could not pick free ports with $python"
-    read -r broker_port controller_port <<<"$ports"
-    sed -e "s|@BROKER_PORT@|$broker_port|g" \
-        -e "s|@CONTROLLER_PORT@|$controller_port|g" \
-        -e "s|@LOG_DIRS@|$data|g" \
-        "$tools_dir/server.properties.in" >"$props"
+    ports=$(free_ports $((sasl ? 3 : 2))) || die "could not pick free ports with $python"
+    read -r broker_port controller_port sasl_port <<<"$ports"
+    # With --sasl the properties hold the password: readable by this user only.
+    rm -f "$props"
+    (
+        if ((sasl)); then umask 077; fi
+        sed -e "s|@BROKER_PORT@|$broker_port|g" \
+            -e "s|@CONTROLLER_PORT@|$controller_port|g" \
+            -e "s|@LOG_DIRS@|$data|g" \
+            "$tools_dir/server.properties.in" >"$props"
+    )
+    if ((sasl)); then
+        password=$(random_password) || die "could not generate a password with $python"
+        add_sasl_listener "$sasl_port" "$password" "$props"
+        scram=(--add-scram "SCRAM-SHA-256=[name=padimd,password=$password]")
+    fi
 
     if ! java "${java_opts[@]}" -cp "$jars_dir/*" kafka.tools.StorageTool format \
-            -t "$(random_cluster_id)" -c "$props" >"$run_dir/format.log" 2>&1; then
+            -t "$(random_cluster_id)" -c "$props" "${scram[@]}" >"$run_dir/format.log" 2>&1; then
         show_log_tail "$run_dir/format.log"
         die "formatting the KRaft storage in $data failed"
     fi
@@ -183,13 +226,14 @@ start_once() {
     SECONDS=0
     while true; do
         if grep -q "$ready_line" "$log" 2>/dev/null \
-                && (exec 3<>"/dev/tcp/127.0.0.1/$broker_port") 2>/dev/null; then
+                && (exec 3<>"/dev/tcp/127.0.0.1/$broker_port") 2>/dev/null \
+                && { [[ -z $sasl_port ]] || (exec 3<>"/dev/tcp/127.0.0.1/$sasl_port") 2>/dev/null; }; then
             break
         fi
         if ! is_broker_pid "$pid"; then
             rm -f "$run_dir/broker.pid"
             if grep -q 'Address already in use' "$log"; then
-                say "port $broker_port or $controller_port was taken meanwhile; retrying"
+                say "port $broker_port, $controller_port ${sasl_port:+or $sasl_port }was taken meanwhile; retrying"
                 return 2
             fi
             show_log_tail "$log"
@@ -204,6 +248,14 @@ start_once() {
         sleep 0.2
     done
 
+    if ((sasl)); then
+        # Mode 600 from the start, and renamed into place: never half a password.
+        (umask 077 && echo "$password" >"$run_dir/sasl_password.tmp")
+        mv -f "$run_dir/sasl_password.tmp" "$run_dir/sasl_password"
+        echo "127.0.0.1:$sasl_port" >"$run_dir/bootstrap_sasl"
+        say "SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256; user padimd, password in" \
+            "$run_dir/sasl_password) at 127.0.0.1:$sasl_port"
+    fi
     echo "127.0.0.1:$broker_port" >"$run_dir/bootstrap"
     say "ready at 127.0.0.1:$broker_port after ${SECONDS}s (pid $pid, log $log)"
     return 0
@@ -214,6 +266,9 @@ cmd_start() {
     mkdir -p "$run_dir"
     run_dir=$(cd "$run_dir" && pwd)
     if pid=$(running_pid); then
+        if ((sasl)) && [[ ! -f $run_dir/bootstrap_sasl ]]; then
+            die "already running (pid $pid) without --sasl; stop it first"
+        fi
         say "already running (pid $pid)"
         cat "$run_dir/bootstrap"
         return 0
@@ -223,7 +278,7 @@ cmd_start() {
     # Any Python 3 picks the ports; a bare Debian may only have python3.11.
     python=$(command -v python3 || command -v python3.11) \
         || die "no python3 found (used to pick free ports)"
-    rm -f "$run_dir/bootstrap"
+    rm -f "$run_dir/bootstrap" "$run_dir/bootstrap_sasl" "$run_dir/sasl_password"
     for attempt in 1 2 3; do
         rc=0
         start_once || rc=$?
@@ -239,7 +294,8 @@ cmd_start() {
 stop_broker() {
     local pid waited=0
     if ! pid=$(running_pid); then
-        rm -f "$run_dir/broker.pid" "$run_dir/bootstrap"
+        rm -f "$run_dir/broker.pid" "$run_dir/bootstrap" "$run_dir/bootstrap_sasl" \
+            "$run_dir/sasl_password"
         return 1
     fi
     kill -TERM "$pid" 2>/dev/null || true
@@ -257,7 +313,8 @@ stop_broker() {
             waited=$((waited + 1))
         done
     fi
-    rm -f "$run_dir/broker.pid" "$run_dir/bootstrap"
+    rm -f "$run_dir/broker.pid" "$run_dir/bootstrap" "$run_dir/bootstrap_sasl" \
+        "$run_dir/sasl_password"
     say "stopped (pid $pid)"
 }
 
@@ -284,10 +341,12 @@ cmd_status() {
 command=$1
 shift
 run_dir=$repo_root/.kafka/run
+sasl=0
 while (($# > 0)); do
     case $1 in
         --dir) (($# >= 2)) || usage; run_dir=$2; shift 2 ;;
         --dir=*) run_dir=${1#--dir=}; shift ;;
+        --sasl) [[ $command == start ]] || usage; sasl=1; shift ;;
         *) usage ;;
     esac
 done
