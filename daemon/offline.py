@@ -238,6 +238,13 @@ def fit(
         )
         if model.num_trained < 2:
             print("padimd: warning: a model needs at least 2 images before it can score", file=stderr)
+        elif isinstance(model, padim.PaDiM) and not isinstance(model, PaDiMShared) \
+                and model.num_trained <= model.num_embeddings:
+            # Per-position covariances from fewer samples than dimensions are
+            # rank-deficient: scores come out several times too high.
+            print(f"padimd: warning: {total} images for {model.num_embeddings} channels: scores run "
+                  "high until the model has learned more images than channels (2x or more is better)",
+                  file=stderr)
     return 0
 
 

@@ -260,3 +260,18 @@ def test_info_shows_the_number_of_images_learned(
     assert main(["info", str(fitted[0])]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"images learned:  {NUM_TRAIN}" in lines
+
+
+def test_fit_warns_when_fewer_images_than_channels(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", 3)
+    stderr = io.StringIO()
+    assert _fit(tmp_path / "train", tmp_path / "m.padim", stderr) == 0
+    assert "3 images for 100 channels" in stderr.getvalue()
+
+
+def test_fit_does_not_warn_with_more_images_than_channels(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", 5)
+    stderr = io.StringIO()
+    options = {**dict.fromkeys(FIT_DEFAULTS), "weights": "none", "size": (64, 64), "num_embeddings": 4}
+    assert _fit(tmp_path / "train", tmp_path / "m.padim", stderr, options=options) == 0
+    assert "channels" not in stderr.getvalue()
