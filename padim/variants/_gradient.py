@@ -207,8 +207,8 @@ class GradientPatchModel(PatchModel):
         tensors.update(optim_tensors)
         tensors["sampler"] = generator_to_tensor(self.sampler)
         tensors["num_trained"] = torch.tensor([self._num_trained], dtype=torch.float64)
-        # persist's checksum cannot view 0-dim tensors (BatchNorm's
-        # num_batches_tracked, Adam's step) as bytes: store them as (1,).
+        # Scalars (BatchNorm's num_batches_tracked, Adam's step) are stored as (1,),
+        # the layout this format has always used for them; _restore makes them 0-dim.
         return {k: v.reshape(1) if v.ndim == 0 else v for k, v in tensors.items()}
 
     @classmethod
