@@ -13,6 +13,7 @@ from tests.kafka_support import (
     BrokerUnavailable,
     ContainerBroker,
     LocalBroker,
+    SaslBroker,
     TopicFactory,
     docker_engine_answers,
     require_bootstrap,
@@ -57,6 +58,31 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def kafka_sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker]:
+    """A broker of its own with a SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-256).
+
+    Always started here with ``scripts/kafka-broker.sh start --sasl``, whatever
+    ``$PADIMD_KAFKA_BOOTSTRAP`` says: the shared broker has no SASL listener. Yields
+    ``(plaintext_bootstrap, sasl_bootstrap, username, password)``; fails (never skips)
+    with the broker log when it cannot start or refuses the test user; stopped at the
+    end of the session.
+    """
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka-sasl"), sasl=True)
+    try:
+        try:
+            info = broker.start_sasl()
+        except BrokerUnavailable as exc:
+            pytest.fail(
+                f"could not start a SASL Kafka broker with {broker.describe()}:\n{exc}\n"
+                f"{broker.log_tail()}",
+                pytrace=False,
+            )
+        yield info
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 def kafka_topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
     """Factory of fresh topics for this test, deleted after it: ``inp, out = kafka_topics(4, 1)``."""
@@ -95,8 +121,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     --timeout, $PYTEST_TIMEOUT, the ini option or the test's own timeout marker says
     otherwise (--timeout=0 disables it, e.g. for debugging).
     """
+    broker_fixtures = {"kafka_bootstrap", "kafka_sasl_broker"}
     for item in items:
-        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka"):
+        uses_broker = not broker_fixtures.isdisjoint(getattr(item, "fixturenames", ()))
+        if uses_broker and not item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.kafka)
 
     if not config.pluginmanager.hasplugin("timeout"):

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -177,19 +177,87 @@ def require_bootstrap(bootstrap: str, source: str, timeout_s: float | None = Non
 # --- where a broker comes from ----------------------------------------------------
 
 
-class LocalBroker:
-    """The single-node KRaft broker of scripts/kafka-broker.sh, in its own directory."""
+class SaslBroker(NamedTuple):
+    """A broker started with ``kafka-broker.sh start --sasl`` (the kafka_sasl_broker fixture).
 
-    def __init__(self, directory: Path) -> None:
+    ``plaintext_bootstrap`` needs no login (admin, test producers and readers);
+    ``sasl_bootstrap`` is the SASL_PLAINTEXT listener, which accepts PLAIN and
+    SCRAM-SHA-256 for ``username``/``password``. The repr hides the password.
+    """
+
+    plaintext_bootstrap: str
+    sasl_bootstrap: str
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return (f"SaslBroker(plaintext_bootstrap={self.plaintext_bootstrap!r}, "
+                f"sasl_bootstrap={self.sasl_bootstrap!r}, username={self.username!r}, "
+                "password='***')")
+
+
+SASL_USERNAME = "padimd"  # the fixed user of kafka-broker.sh --sasl
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256")
+
+
+async def _sasl_login(bootstrap: str, mechanism: str, username: str, password: str) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="padimd-tests-check",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism=mechanism,
+        sasl_plain_username=username,
+        sasl_plain_password=password,
+    )
+    try:
+        await admin.start()  # connect, authenticate, one metadata request
+        await admin.describe_cluster()  # and a second one, through the cluster
+    finally:
+        await admin.close()
+
+
+def check_sasl_login(
+    bootstrap: str, mechanism: str, username: str, password: str, timeout_s: float = 20.0
+) -> None:
+    """Log in to ``bootstrap`` with ``mechanism``; ``BrokerUnavailable`` if that fails."""
+    try:
+        run_async(asyncio.wait_for(_sasl_login(bootstrap, mechanism, username, password),
+                                   timeout=timeout_s))
+    except Exception as exc:
+        # aiokafka's messages name the mechanism and the user, never the password.
+        raise BrokerUnavailable(
+            f"SASL_PLAINTEXT login as {username!r} with {mechanism} at {bootstrap!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class LocalBroker:
+    """The single-node KRaft broker of scripts/kafka-broker.sh, in its own directory.
+
+    ``sasl=True`` starts it with ``--sasl`` (see ``start_sasl``).
+    """
+
+    def __init__(self, directory: Path, sasl: bool = False) -> None:
         self.directory = directory
+        self.sasl = sasl
 
     def describe(self) -> str:
-        return f"scripts/kafka-broker.sh (dir {self.directory})"
+        flag = " --sasl" if self.sasl else ""
+        return f"scripts/kafka-broker.sh{flag} (dir {self.directory})"
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last lines of the broker's log, for failure messages."""
+        log = self.directory / "broker.log"
+        if not log.is_file():
+            return f"(no {log})"
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        return f"----- last {len(text)} lines of {log} -----\n" + "\n".join(text)
 
     def _script(self, command: str) -> subprocess.CompletedProcess[str]:
+        flags = ["--sasl"] if self.sasl and command == "start" else []
         try:
             return subprocess.run(
-                ["bash", str(BROKER_SCRIPT), command, "--dir", str(self.directory)],
+                ["bash", str(BROKER_SCRIPT), command, "--dir", str(self.directory), *flags],
                 capture_output=True,
                 text=True,
                 timeout=BROKER_SCRIPT_TIMEOUT_S,
@@ -210,6 +278,24 @@ class LocalBroker:
                 f"{done.stderr}{done.stdout}"
             )
         return done.stdout.strip().splitlines()[-1]
+
+    def start_sasl(self) -> SaslBroker:
+        """Start (``sasl=True``), check both listeners and both mechanisms, describe it."""
+        if not self.sasl:
+            raise ValueError("start_sasl needs LocalBroker(..., sasl=True)")
+        plaintext = self.start()
+        try:
+            sasl = (self.directory / "bootstrap_sasl").read_text().strip()
+            password = (self.directory / "sasl_password").read_text().strip()
+        except OSError as exc:
+            raise BrokerUnavailable(f"the --sasl broker wrote no address or password: {exc}") from exc
+        if not sasl or not password:
+            raise BrokerUnavailable("the --sasl broker wrote an empty address or password")
+        check_bootstrap(plaintext, check_timeout_s())
+        warm_up_coordinators(plaintext)
+        for mechanism in SASL_MECHANISMS:
+            check_sasl_login(sasl, mechanism, SASL_USERNAME, password)
+        return SaslBroker(plaintext, sasl, SASL_USERNAME, password)
 
     def stop(self) -> None:
         done = self._script("stop")
