@@ -31,7 +31,11 @@ class SecretRedactor(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         # Short strings would mask innocent words; real secrets are longer than this.
-        self._secrets = tuple(s for s in secrets if s and len(s) >= 4)
+        # Longest first, so that a spelling is never half-masked by a shorter one.
+        self._secrets = tuple(sorted(
+            {form for s in secrets if s and len(s) >= 4 for form in _spellings(s)},
+            key=len, reverse=True,
+        ))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
@@ -52,6 +56,24 @@ class SecretRedactor(logging.Filter):
         for secret in self._secrets:
             text = text.replace(secret, _REDACTED)
         return text
+
+
+def _spellings(secret: str) -> set[str]:
+    """The ways ``secret`` can appear in a rendered log line.
+
+    As is, and inside the repr of a str or of its UTF-8 bytes, where a backslash, a
+    quote or a non-ASCII character is escaped: aiokafka's DEBUG log of a SASL PLAIN
+    login shows the request's bytes, ``b'\\x00user\\x00password'``. repr escapes a
+    quote only when the text around it holds both kinds, so both spellings are kept.
+    """
+    forms = {secret}
+    encoded = secret.encode("utf-8", "surrogateescape")
+    # With both quote kinds in it, repr uses '...' and escapes every ' inside:
+    # repr('"' + x + "'") is '"<x escaped>\'' (and b'"<x escaped>\'' for bytes).
+    for escaped in (repr('"' + secret + "'")[2:-3], repr(b'"' + encoded + b"'")[3:-3]):
+        forms.add(escaped)
+        forms.add(escaped.replace("\\'", "'"))  # the same where ' is not escaped
+    return forms
 
 
 class JsonFormatter(logging.Formatter):

@@ -50,3 +50,28 @@ def test_json_log_lines_redact_registered_secrets() -> None:
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert line["msg"] == "broker said: bad password ***"
     assert line["level"] == "WARNING"
+
+
+def test_escaped_spellings_of_a_secret_are_redacted_too() -> None:
+    # aiokafka at DEBUG logs a SASL PLAIN login request with its bytes, where repr
+    # escapes a backslash, a quote or a non-ASCII character of the password.
+    password = "pä\\ss\"wo'rd-1"
+    stream = io.StringIO()
+    root, aiokafka = logging.getLogger(), logging.getLogger("aiokafka")
+    levels = root.level, aiokafka.level
+    aiokafka.setLevel(logging.NOTSET)  # an INFO setup_logging before set it to WARNING
+    handler = setup_logging("DEBUG", "plain", secrets=[password], stream=stream)
+    try:
+        log = logging.getLogger("aiokafka.conn")
+        log.debug("Request 3: %s", ("SaslAuthenticateRequest_v1", b"\x00padimd\x00" + password.encode()))
+        log.debug("config %r", {"sasl_plain_password": password})
+        log.debug("plain %s", password)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(levels[0])
+        aiokafka.setLevel(levels[1])
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    assert all("***" in line for line in lines), lines
+    for fragment in ("pä", "rd-1", "xc3"):  # pieces only the password holds
+        assert not any(fragment in line for line in lines), (fragment, lines)
