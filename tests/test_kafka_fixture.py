@@ -18,9 +18,12 @@ from tests.kafka_support import (
     BROKER_SCRIPT,
     CHECK_TIMEOUT_ENV,
     TOPIC_MAX_MESSAGE_BYTES,
+    SASL_MECHANISMS,
+    SASL_USERNAME,
     BrokerUnavailable,
     TopicFactory,
     check_bootstrap,
+    check_sasl_login,
     container_env,
     describe_topic_configs,
     require_bootstrap,
@@ -169,6 +172,48 @@ def test_broker_script_start_status_stop(tmp_path: Path) -> None:
     assert not is_broker_process(pid)
     assert script("status").returncode == 3
     assert "Kafka Server started" in (tmp_path / "broker.log").read_text()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_broker_script_sasl_listener_checks_passwords_and_keeps_them_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """start --sasl: PLAIN and SCRAM-SHA-256 log in, a wrong password does not, and the
+    password is only in the two mode-600 files, never in the output or the logs."""
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(BROKER_SCRIPT), *args, "--dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+
+    started = script("start", "--sasl")
+    assert started.returncode == 0, started.stderr
+    try:
+        plaintext = started.stdout.strip()  # stdout is still just the PLAINTEXT address
+        sasl = (tmp_path / "bootstrap_sasl").read_text().strip()
+        password = (tmp_path / "sasl_password").read_text().strip()
+        assert plaintext == (tmp_path / "bootstrap").read_text().strip() != sasl
+        assert len(password) >= 16
+        for name in ("sasl_password", "server.properties"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+        assert check_bootstrap(plaintext, timeout_s=10) == [1]
+        for mechanism in SASL_MECHANISMS:
+            check_sasl_login(sasl, mechanism, SASL_USERNAME, password)
+            caplog.clear()
+            with pytest.raises(BrokerUnavailable, match=f"with {mechanism} .*Unable to bootstrap"):
+                check_sasl_login(sasl, mechanism, SASL_USERNAME, password + "x")
+            # aiokafka only logs why it could not bootstrap: the broker said no.
+            assert "SaslAuthenticationFailed" in caplog.text
+    finally:
+        stopped = script("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    for output in (started.stdout, started.stderr, stopped.stdout, stopped.stderr,
+                   (tmp_path / "broker.log").read_text(), (tmp_path / "format.log").read_text()):
+        assert password not in output
+    assert not (tmp_path / "sasl_password").exists()
+    assert not (tmp_path / "bootstrap_sasl").exists()
 
 
 def test_bootstrap_check_fails_loudly_for_a_dead_address() -> None:
