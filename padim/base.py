@@ -27,10 +27,6 @@ ModelT = TypeVar("ModelT", bound="PatchModel")
 _VARIANTS: dict[str, type[PatchModel]] = {}
 
 
-def _weights_spec(weights: str | os.PathLike[str]) -> str:
-    return str(weights)
-
-
 class PatchModel(ABC):
     """Base of the patch-distribution models. Subclasses set :attr:`variant`."""
 
