@@ -72,12 +72,15 @@ class GaussianStats:
 
     # ------------------------------------------------------------------ learning
 
-    def update(self, x: torch.Tensor) -> None:
-        """Fold in samples ``x`` of shape (N, P, d): N samples for each of the P positions."""
+    def _check_samples(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[1:] != (self.num_positions, self.dim):
             raise InputError(
                 f"expected samples of shape (N, {self.num_positions}, {self.dim}), got {tuple(x.shape)}"
             )
+
+    def update(self, x: torch.Tensor) -> None:
+        """Fold in samples ``x`` of shape (N, P, d): N samples for each of the P positions."""
+        self._check_samples(x)
         n_b = x.shape[0]
         if n_b == 0:
             return
@@ -186,10 +189,7 @@ class GaussianStats:
 
     def mahalanobis(self, x: torch.Tensor, epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:
         """Distances of samples ``x`` (N, P, d) to each position's Gaussian: float32 (N, P)."""
-        if x.ndim != 3 or x.shape[1:] != (self.num_positions, self.dim):
-            raise InputError(
-                f"expected samples of shape (N, {self.num_positions}, {self.dim}), got {tuple(x.shape)}"
-            )
+        self._check_samples(x)
         prec = self.precision(epsilon)
         # Centring in float32 loses nothing: x is float32, so its own rounding (not the
         # mean's, which is as large) bounds the error of x - mean.
